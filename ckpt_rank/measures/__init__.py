@@ -1,0 +1,115 @@
+"""Transferability measures: pure, jit-able, vmappable functions over arrays.
+
+Every measure returns a higher-is-better scalar. Public functions validate concrete inputs and
+raise `ValueError` naming the problem; under `jit`/`vmap` pass the static sizes they ask for
+(`num_classes`, ...). Configs refer to measures by spec strings, e.g.
+``measures.get("nleep(components_per_class=1)")``; `names()` lists them.
+"""
+
+import dataclasses
+import inspect
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from ckpt_rank import registry
+from ckpt_rank.measures._knn import knn
+from ckpt_rank.measures._leep import leep
+from ckpt_rank.measures._leep import nce
+from ckpt_rank.measures._linear import linear_probe
+from ckpt_rank.measures._nleep import nleep
+from ckpt_rank.measures._nleep import nleep_batch
+from ckpt_rank.measures._nleep import nleep_fit
+from ckpt_rank.measures._nleep import NLEEPResult
+
+# What a measure consumes from a checkpoint.
+FEATURES = 'features'            # [N, D] pooled pre-logits.
+SOURCE_PROBS = 'source_probs'    # [N, Cs] softmax of the source classifier's logits.
+SOURCE_LABELS = 'source_labels'  # [N] argmax of the source classifier's logits.
+
+
+@dataclasses.dataclass(frozen=True)
+class Measure:
+  """A registered measure bound to keyword hyper-parameters from its spec string."""
+  name: str
+  fn: Callable[..., jnp.ndarray]
+  input: str
+  uses_key: bool
+  kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def needs_head(self) -> bool:
+    """Whether the measure needs the checkpoint's source classifier."""
+    return self.input != FEATURES
+
+  @property
+  def spec(self) -> str:
+    args = ', '.join(f'{k}={v!r}' for k, v in sorted(self.kwargs.items()))
+    return f'{self.name}({args})' if args else self.name
+
+  def __call__(self, *args, **kwargs) -> jnp.ndarray:
+    return self.fn(*args, **{**self.kwargs, **kwargs})
+
+  def score(self, labels, *, features=None, source_logits=None,
+            key: Optional[jax.Array] = None) -> jnp.ndarray:
+    """Scores one checkpoint from what it produced on the target task."""
+    if self.input == FEATURES:
+      if features is None:
+        raise ValueError(f'Measure {self.spec} needs features.')
+      inputs = features
+    else:
+      if source_logits is None:
+        raise ValueError(f'Measure {self.spec} needs source-classifier logits; this checkpoint '
+                         'has no head.')
+      if self.input == SOURCE_PROBS:
+        inputs = jax.nn.softmax(jnp.asarray(source_logits, jnp.float32), axis=-1)
+      else:
+        inputs = jnp.argmax(jnp.asarray(source_logits), axis=-1)
+    extra = {'key': key} if (self.uses_key and key is not None) else {}
+    return self(inputs, labels, **extra)
+
+
+_REGISTRY: registry.Registry[Measure] = registry.Registry('measure')
+
+
+def _register(name: str, fn: Callable[..., jnp.ndarray], input_kind: str) -> None:
+  uses_key = 'key' in inspect.signature(fn).parameters
+  _REGISTRY.register(name, Measure(name, fn, input_kind, uses_key))
+
+
+_register('leep', leep, SOURCE_PROBS)
+_register('nce', nce, SOURCE_LABELS)
+_register('nleep', nleep, FEATURES)
+_register('linear_probe', linear_probe, FEATURES)
+_register('knn', knn, FEATURES)
+
+
+def names() -> list[str]:
+  """The registered measure names."""
+  return _REGISTRY.names()
+
+
+def get(spec: str) -> Measure:
+  """Returns the measure named by ``"name"`` or ``"name(key=value, ...)"``.
+
+  Raises:
+    ValueError: unknown name (the message lists the known ones) or a keyword the measure does not
+      take (the message lists the ones it does).
+  """
+  name, kwargs = registry.parse_spec(spec)
+  base = _REGISTRY.lookup(name)
+  params = inspect.signature(base.fn).parameters
+  allowed = sorted(p.name for p in params.values()
+                   if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != 'key')
+  unknown = sorted(set(kwargs) - set(allowed))
+  if unknown:
+    raise ValueError(f'Measure {name!r} takes no hyper-parameter {", ".join(unknown)}; it takes: '
+                     f'{", ".join(allowed)}.')
+  return dataclasses.replace(base, kwargs=kwargs)
+
+
+__all__ = [
+    'FEATURES', 'SOURCE_PROBS', 'SOURCE_LABELS', 'Measure', 'NLEEPResult', 'get', 'knn', 'leep',
+    'linear_probe', 'names', 'nce', 'nleep', 'nleep_batch', 'nleep_fit',
+]
