@@ -100,7 +100,7 @@ def nce(source_labels, labels, *, num_classes: Optional[int] = None,
   if _validation.is_concrete(source_labels):
     source_labels, num_source_classes = _validation.check_labels(
         source_labels, len(source_labels), num_source_classes, name='source_labels',
-        min_per_class=1)
+        min_per_class=1, min_classes=1)
   elif num_source_classes is None:
     raise ValueError('nce: num_source_classes must be given when source_labels are traced '
                      '(under jit/vmap).')

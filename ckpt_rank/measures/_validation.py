@@ -51,7 +51,8 @@ def check_features(features, name: str = 'features', min_examples: int = 2) -> n
 
 
 def check_labels(labels, num_examples: int, num_classes: Optional[int] = None,
-                 name: str = 'labels', min_per_class: int = 2) -> tuple[np.ndarray, int]:
+                 name: str = 'labels', min_per_class: int = 2,
+                 min_classes: int = 2) -> tuple[np.ndarray, int]:
   """Checks integer class labels in [0, C) and returns (labels as int32, C).
 
   Args:
@@ -61,6 +62,7 @@ def check_labels(labels, num_examples: int, num_classes: Optional[int] = None,
     name: the argument's name, for messages.
     min_per_class: every class that occurs must occur at least this often (a class seen once
       carries no within-class information and breaks held-out splits).
+    min_classes: the least C accepted.
 
   Returns:
     (labels as an int32 NumPy array, num_classes).
@@ -88,8 +90,8 @@ def check_labels(labels, num_examples: int, num_classes: Optional[int] = None,
     if arr.size and arr.max() >= num_classes:
       raise ValueError(f'{name} must be in [0, {num_classes}); found label {arr.max()} '
                        f'(out of range).')
-  if num_classes < 2:
-    raise ValueError(f'{name} must contain at least 2 classes, got {num_classes}.')
+  if num_classes < min_classes:
+    raise ValueError(f'{name} must contain at least {min_classes} classes, got {num_classes}.')
   counts = np.bincount(arr, minlength=num_classes)
   small = np.flatnonzero((counts > 0) & (counts < min_per_class))
   if small.size:

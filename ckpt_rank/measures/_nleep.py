@@ -1,0 +1,521 @@
+"""NLEEP (Li et al., CVPR 2021): LEEP with a Gaussian mixture in place of the source classifier.
+
+Everything runs in JAX: PCA by an eigendecomposition of the smaller Gram matrix, greedy k-means++
+seeding and Lloyd iterations, then EM for a Gaussian mixture with full, diagonal or spherical
+covariances under `lax.while_loop` (iteration cap and log-likelihood tolerance, as in
+scikit-learn's `GaussianMixture`). The mixture's posteriors play the role of LEEP's source
+probabilities.
+
+Several seeds, and several checkpoints' features of equal shape, run in one vmapped call
+(`nleep_batch`). Checkpoints whose PCA keeps different numbers of dimensions are padded to the
+largest and masked: a padded dimension is identically zero, so each component's covariance is
+block-diagonal with `reg_covar` on the padded block; the padded block adds the same constant to
+every component's log-density, which cancels in the posteriors, and the reported log-likelihood and
+log-determinants are computed over the active dimensions only. Results are exactly those of the
+unpadded problem (up to float rounding).
+
+Precision: the computation runs in the floating dtype of the features (float32 unless the caller
+passes float64 with x64 enabled). In float32 a component whose covariance is numerically singular
+(fewer points than dimensions) can fail its Cholesky factorisation; such a component is refactored
+with a larger ridge (1e-4 of its mean variance) and the event is counted in
+`NLEEPResult.num_regularized`, never silently turned into NaN.
+"""
+
+import functools
+import math
+from typing import NamedTuple, Optional
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from ckpt_rank.measures import _leep
+from ckpt_rank.measures import _validation
+
+COVARIANCE_TYPES = ('full', 'diag', 'spherical')
+COMPONENT_RULES = ('per_class', 'pactran')
+_PCA_DIM_BUCKET = 8
+
+
+class NLEEPResult(NamedTuple):
+  """NLEEP with what is needed to reproduce it. Leading batch dims follow `nleep_batch`.
+
+  Attributes:
+    score: NLEEP, mean log expected empirical prediction (higher is better, <= 0).
+    log_likelihood: the mixture's mean log-likelihood per example at the end of EM, over the
+      active PCA dimensions.
+    num_iters: EM iterations run.
+    converged: whether the change of the mean log-likelihood fell below `tol` within `max_iters`.
+    pca_dim: PCA dimensions kept.
+    num_components: mixture components V actually used (after the cap below N).
+    requested_components: V asked for by the rule before the cap.
+    num_regularized: component factorisations that needed the fallback ridge (see module doc).
+    key: the PRNG key data the mixture was initialised with.
+  """
+  score: jax.Array
+  log_likelihood: jax.Array
+  num_iters: jax.Array
+  converged: jax.Array
+  pca_dim: jax.Array
+  num_components: jax.Array
+  requested_components: jax.Array
+  num_regularized: jax.Array
+  key: jax.Array
+
+
+def num_mixture_components(num_classes: int, num_examples: int, *, components_per_class: int = 5,
+                           component_rule: str = 'per_class') -> tuple[int, int]:
+  """Returns (V used, V requested): the rule's V, capped at N // 2 so that V stays below N.
+
+  Rules: 'per_class' is the paper's `components_per_class * C` (5C by default); 'pactran' is
+  PACTran's `max(min(C, 0.2 N), 0.1 N)`.
+  """
+  if component_rule == 'per_class':
+    requested = components_per_class * num_classes
+  elif component_rule == 'pactran':
+    requested = int(max(min(num_classes, 0.2 * num_examples), 0.1 * num_examples))
+  else:
+    raise ValueError(f'Unknown component_rule {component_rule!r}; expected one of '
+                     f'{", ".join(COMPONENT_RULES)}.')
+  return max(1, min(requested, num_examples // 2)), requested
+
+
+# ----------------------------------------------------------------------------------------------
+# PCA.
+# ----------------------------------------------------------------------------------------------
+def pca_basis(features: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Principal axes of centred features, by variance, and their explained-variance ratios.
+
+  Decomposes the smaller of the D x D covariance and the N x N Gram matrix.
+
+  Args:
+    features: [N, D].
+
+  Returns:
+    (axes [D, R], ratios [R]) with R = min(N, D), ratios descending and summing to 1.
+  """
+  n, d = features.shape
+  centred = features - features.mean(axis=0)
+  if d <= n:
+    eigvals, eigvecs = jnp.linalg.eigh(centred.T @ centred)
+    axes = eigvecs[:, ::-1]
+  else:
+    eigvals, left = jnp.linalg.eigh(centred @ centred.T)
+    left = left[:, ::-1]
+    sing = jnp.sqrt(jnp.maximum(eigvals[::-1], 0))
+    axes = (centred.T @ left) / jnp.where(sing > 0, sing, 1)
+  eigvals = jnp.maximum(eigvals[::-1], 0)
+  ratios = eigvals / jnp.maximum(eigvals.sum(), jnp.finfo(eigvals.dtype).tiny)
+  return axes, ratios
+
+
+def pca_dim_for_energy(ratios: jax.Array, energy: float) -> jax.Array:
+  """Smallest k whose cumulative explained-variance ratio exceeds `energy`.
+
+  The semantics of scikit-learn's `PCA(n_components=energy)` for 0 < energy < 1.
+  """
+  cumulative = jnp.cumsum(ratios)
+  k = jnp.searchsorted(cumulative, energy, side='right') + 1
+  return jnp.clip(k, 1, ratios.shape[0]).astype(jnp.int32)
+
+
+_pca_basis_jit = jax.jit(pca_basis)
+
+
+# ----------------------------------------------------------------------------------------------
+# k-means initialisation.
+# ----------------------------------------------------------------------------------------------
+def _sq_distances(points, centres):
+  """[N, K] squared Euclidean distances, via one matrix product."""
+  dist = ((points**2).sum(1)[:, None] - 2 * points @ centres.T + (centres**2).sum(1)[None, :])
+  return jnp.maximum(dist, 0)
+
+
+def kmeans_plus_plus(key: jax.Array, points: jax.Array, num_centres: int) -> jax.Array:
+  """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007), 2 + log(K) trials per centre.
+
+  Returns:
+    [K, d] initial centres.
+  """
+  n = points.shape[0]
+  num_trials = 2 + int(math.log(num_centres))
+  first_key, key = jax.random.split(key)
+  first = points[jax.random.randint(first_key, (), 0, n)]
+  closest = _sq_distances(points, first[None])[:, 0]
+  centres = jnp.zeros((num_centres, points.shape[1]), points.dtype).at[0].set(first)
+
+  def add_centre(i, carry):
+    centres, closest = carry
+    trial_key = jax.random.fold_in(key, i)
+    total = closest.sum()
+    # Sample candidates with probability proportional to the squared distance (uniformly if all
+    # points coincide with centres already chosen).
+    probs = jnp.where(total > 0, closest / jnp.where(total > 0, total, 1), 1.0 / n)
+    candidates = jax.random.choice(trial_key, n, (num_trials,), p=probs)
+    cand_dist = _sq_distances(points, points[candidates])  # [N, T]
+    new_closest = jnp.minimum(closest[:, None], cand_dist)
+    best = jnp.argmin(new_closest.sum(0))
+    return centres.at[i].set(points[candidates[best]]), new_closest[:, best]
+
+  centres, _ = lax.fori_loop(1, num_centres, add_centre, (centres, closest))
+  return centres
+
+
+def kmeans(key: jax.Array, points: jax.Array, num_centres: int, *, max_iters: int = 100,
+           tol: float = 1e-4, num_active_dims=None) -> jax.Array:
+  """Lloyd's k-means from a k-means++ seeding; returns [N] cluster assignments.
+
+  Stops when the summed squared shift of the centres is at most `tol` times the mean per-dimension
+  variance of the points (scikit-learn's rule) or after `max_iters`. An empty cluster keeps its
+  centre.
+  """
+  num_active_dims = points.shape[1] if num_active_dims is None else num_active_dims
+  tol_abs = tol * points.var(axis=0).sum() / num_active_dims
+  centres = kmeans_plus_plus(key, points, num_centres)
+
+  def assign(centres):
+    return jnp.argmin(_sq_distances(points, centres), axis=1)
+
+  def cond(state):
+    _, shift, it = state
+    return (shift > tol_abs) & (it < max_iters)
+
+  def body(state):
+    centres, _, it = state
+    onehot = jax.nn.one_hot(assign(centres), num_centres, dtype=points.dtype)
+    counts = onehot.sum(0)
+    sums = onehot.T @ points
+    new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], centres)
+    return new, ((new - centres)**2).sum(), it + 1
+
+  inf = jnp.asarray(jnp.inf, points.dtype)
+  centres, _, _ = lax.while_loop(cond, body, (centres, inf, 0))
+  return assign(centres)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gaussian mixture EM.
+# ----------------------------------------------------------------------------------------------
+def lower_triangular_inverse(lower: jax.Array, block: int = 16) -> jax.Array:
+  """Inverse of [..., d, d] lower-triangular matrices by 2 x 2 block recursion.
+
+  inv([[A, 0], [C, B]]) = [[inv(A), 0], [-inv(B) C inv(A), inv(B)]]. XLA:CPU's batched triangular
+  solve slows down superlinearly with d (about 200x slower than this for 50 matrices of size 64),
+  so it is used only on diagonal blocks of at most `block` rows, and the rest is matrix products.
+  """
+  d = lower.shape[-1]
+  if d <= block:
+    eye = jnp.broadcast_to(jnp.eye(d, dtype=lower.dtype), lower.shape)
+    return lax.linalg.triangular_solve(lower, eye, left_side=True, lower=True)
+  half = d // 2
+  inv_a = lower_triangular_inverse(lower[..., :half, :half], block)
+  inv_b = lower_triangular_inverse(lower[..., half:, half:], block)
+  off = -inv_b @ lower[..., half:, :half] @ inv_a
+  zeros = jnp.zeros(inv_a.shape[:-1] + (d - half,), lower.dtype)
+  return jnp.concatenate([jnp.concatenate([inv_a, zeros], -1),
+                          jnp.concatenate([off, inv_b], -1)], -2)
+
+
+class _Mixture(NamedTuple):
+  log_weights: jax.Array  # [K]
+  means: jax.Array        # [K, d]
+  # full: [K, d, d] upper-triangular P with precision = P P^T; diag: [K, d] precisions;
+  # spherical: [K] precisions.
+  precisions: jax.Array
+  log_det: jax.Array      # [K] log det of P (= -1/2 log det covariance), active dims only.
+  num_regularized: jax.Array
+
+
+def _m_step(points, resp, active, reg_covar, covariance_type) -> _Mixture:
+  """Maximum-likelihood parameters from responsibilities [N, K]; `active` is a [d] 0/1 mask."""
+  dtype = points.dtype
+  n, d = points.shape
+  counts = resp.sum(0) + 10 * jnp.finfo(dtype).eps  # [K]
+  means = (resp.T @ points) / counts[:, None]        # [K, d]
+  num_active = active.sum()
+  if covariance_type == 'full':
+    # Centred per component before the product (no E[xx^T] - mu mu^T cancellation in float32).
+    diff = (points[None, :, :] - means[:, None, :]) * jnp.sqrt(resp.T)[:, :, None]  # [K, N, d]
+    cov = jnp.einsum('kni,knj->kij', diff, diff) / counts[:, None, None]
+    cov = cov + reg_covar * jnp.eye(d, dtype=dtype)
+    chol = jnp.linalg.cholesky(cov)
+    failed = jnp.isnan(chol).any(axis=(1, 2))
+    # Fallback ridge for numerically singular components (float32), see module docstring.
+    ridge = 1e-4 * jnp.trace(cov, axis1=1, axis2=2) / num_active
+    chol_ridged = jnp.linalg.cholesky(cov + ridge[:, None, None] * jnp.eye(d, dtype=dtype))
+    chol = jnp.where(failed[:, None, None], chol_ridged, chol)
+    prec_chol = jnp.swapaxes(lower_triangular_inverse(chol), 1, 2)  # upper triangular
+    diag = jnp.diagonal(prec_chol, axis1=1, axis2=2)
+    log_det = (jnp.log(diag) * active).sum(1)
+    return _Mixture(jnp.log(counts / n), means, prec_chol, log_det, failed.sum())
+  # Per-dimension variances, E[x^2] - mean^2 (as scikit-learn), clamped at 0.
+  avg_sq = (resp.T @ (points**2)) / counts[:, None]
+  var = jnp.maximum(avg_sq - means**2, 0)
+  if covariance_type == 'diag':
+    var = var + reg_covar
+    log_det = (-0.5 * jnp.log(var) * active).sum(1)
+    return _Mixture(jnp.log(counts / n), means, 1 / var, log_det, jnp.zeros((), jnp.int32))
+  var = (var * active).sum(1) / num_active + reg_covar  # spherical, over active dims only
+  log_det = -0.5 * num_active * jnp.log(var)
+  return _Mixture(jnp.log(counts / n), means, 1 / var, log_det, jnp.zeros((), jnp.int32))
+
+
+def _log_gaussian(points, mixture: _Mixture, num_active, covariance_type):
+  """[N, K] log N(x_n; mu_k, Sigma_k) over the active dims (padded dims are zero everywhere)."""
+  if covariance_type == 'full':
+    n, d = points.shape
+    num_components = mixture.means.shape[0]
+    # One [N, d] x [d, K d] product for all components.
+    stacked = jnp.transpose(mixture.precisions, (1, 0, 2)).reshape(d, num_components * d)
+    proj = (points @ stacked).reshape(n, num_components, d)
+    proj = proj - jnp.einsum('kd,kde->ke', mixture.means, mixture.precisions)[None]
+    maha = (proj**2).sum(-1)  # [N, K]
+  elif covariance_type == 'diag':
+    prec = mixture.precisions  # [K, d]
+    maha = ((mixture.means**2 * prec).sum(1)[None, :] - 2 * points @ (mixture.means * prec).T +
+            (points**2) @ prec.T)
+  else:
+    prec = mixture.precisions  # [K]
+    maha = ((mixture.means**2).sum(1)[None, :] * prec[None, :] -
+            2 * points @ mixture.means.T * prec[None, :] +
+            (points**2).sum(1)[:, None] * prec[None, :])
+  return -0.5 * (num_active * jnp.log(2 * jnp.pi) + maha) + mixture.log_det[None, :]
+
+
+def _e_step(points, mixture, num_active, covariance_type):
+  """Returns (mean log-likelihood, [N, K] log responsibilities)."""
+  weighted = _log_gaussian(points, mixture, num_active, covariance_type) + mixture.log_weights
+  log_norm = jax.nn.logsumexp(weighted, axis=1)
+  return log_norm.mean(), weighted - log_norm[:, None]
+
+
+def fit_gmm(key: jax.Array, points: jax.Array, active: jax.Array, num_components: int, *,
+            covariance_type: str = 'full', max_iters: int = 100, tol: float = 1e-3,
+            reg_covar: float = 1e-6, kmeans_iters: int = 100):
+  """EM for a Gaussian mixture, initialised from k-means responsibilities.
+
+  Mirrors scikit-learn's `GaussianMixture(init_params='kmeans', n_init=1)`: M-step from the
+  k-means assignment, then E/M steps until the mean log-likelihood changes by less than `tol`.
+
+  Args:
+    key: PRNG key for the k-means++ seeding.
+    points: [N, d] (padded dims identically zero).
+    active: [d] 0/1 mask of the active dims.
+    num_components: K (static).
+    covariance_type: 'full', 'diag' or 'spherical' (static).
+    max_iters: EM iteration cap.
+    tol: tolerance on the change of the mean log-likelihood.
+    reg_covar: added to every covariance diagonal.
+    kmeans_iters: Lloyd iteration cap of the initialisation.
+
+  Returns:
+    (log posteriors [N, K] under the final parameters, mean log-likelihood, iterations,
+    converged, number of fallback-ridged factorisations).
+  """
+  num_active = active.sum()
+  assignment = kmeans(key, points, num_components, max_iters=kmeans_iters,
+                      num_active_dims=num_active)
+  resp = jax.nn.one_hot(assignment, num_components, dtype=points.dtype)
+  mixture = _m_step(points, resp, active, reg_covar, covariance_type)
+
+  def cond(state):
+    _, _, it, converged, _ = state
+    return (~converged) & (it < max_iters)
+
+  def body(state):
+    mixture, prev_ll, it, _, num_reg = state
+    ll, log_resp = _e_step(points, mixture, num_active, covariance_type)
+    mixture = _m_step(points, jnp.exp(log_resp), active, reg_covar, covariance_type)
+    return mixture, ll, it + 1, jnp.abs(ll - prev_ll) < tol, num_reg + mixture.num_regularized
+
+  init = (mixture, jnp.asarray(-jnp.inf, points.dtype), 0, jnp.asarray(False),
+          mixture.num_regularized)
+  mixture, _, iters, converged, num_reg = lax.while_loop(cond, body, init)
+  ll, log_resp = _e_step(points, mixture, num_active, covariance_type)
+  return log_resp, ll, iters, converged, num_reg
+
+
+# ----------------------------------------------------------------------------------------------
+# NLEEP kernels.
+# ----------------------------------------------------------------------------------------------
+def _nleep_single(features, labels, key, axes, pca_dim, *, num_classes, num_components,
+                  requested_components, covariance_type, max_iters, tol, reg_covar,
+                  kmeans_iters) -> NLEEPResult:
+  """NLEEP of one feature set and one key; `axes` [D, d_max] holds >= pca_dim principal axes."""
+  active = (jnp.arange(axes.shape[1]) < pca_dim).astype(features.dtype)
+  points = ((features - features.mean(axis=0)) @ axes) * active
+  log_post, ll, iters, converged, num_reg = fit_gmm(
+      key, points, active, num_components, covariance_type=covariance_type, max_iters=max_iters,
+      tol=tol, reg_covar=reg_covar, kmeans_iters=kmeans_iters)
+  score = _leep.leep_from_posteriors(jnp.exp(log_post), labels, num_classes)
+  return NLEEPResult(score, ll, iters, converged, pca_dim, jnp.asarray(num_components, jnp.int32),
+                     jnp.asarray(requested_components, jnp.int32), num_reg,
+                     jax.random.key_data(key))
+
+
+_STATIC = ('num_classes', 'num_components', 'requested_components', 'covariance_type',
+           'max_iters', 'tol', 'reg_covar', 'kmeans_iters')
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _nleep_batch_kernel(features, labels, keys, axes, pca_dims, **static) -> NLEEPResult:
+  """[M, N, D] features, [S] keys, [M, D, d_max] axes, [M] dims -> results with dims [M, S]."""
+  single = functools.partial(_nleep_single, **static)
+  over_keys = jax.vmap(single, in_axes=(None, None, 0, None, None))
+  # Full float32 products on accelerators too (no TF32/bf16 passes in the EM statistics).
+  with jax.default_matmul_precision('highest'):
+    return jax.vmap(over_keys, in_axes=(0, None, None, 0, 0))(features, labels, keys, axes,
+                                                              pca_dims)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API.
+# ----------------------------------------------------------------------------------------------
+def _as_keys(keys) -> jax.Array:
+  """Typed PRNG keys with one leading batch dim from a key, keys, or raw uint32 key data."""
+  keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
+  if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    keys = jax.random.wrap_key_data(jnp.asarray(keys, jnp.uint32))
+  return keys.reshape(-1)
+
+
+def _check_options(covariance_type, pca_energy, max_iters, tol, reg_covar, components_per_class):
+  if covariance_type not in COVARIANCE_TYPES:
+    raise ValueError(f'Unknown covariance_type {covariance_type!r}; expected one of '
+                     f'{", ".join(COVARIANCE_TYPES)}.')
+  if not 0 < pca_energy <= 1:
+    raise ValueError(f'pca_energy must be in (0, 1], got {pca_energy}.')
+  if max_iters < 1:
+    raise ValueError(f'max_iters must be >= 1, got {max_iters}.')
+  if tol < 0 or reg_covar < 0:
+    raise ValueError(f'tol and reg_covar must be >= 0, got tol={tol}, reg_covar={reg_covar}.')
+  if components_per_class < 1:
+    raise ValueError(f'components_per_class must be >= 1, got {components_per_class}.')
+
+
+def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = None,
+                pca_energy: float = 0.8, max_pca_dim: Optional[int] = None,
+                components_per_class: int = 5, component_rule: str = 'per_class',
+                covariance_type: str = 'full', max_iters: int = 100, tol: float = 1e-3,
+                reg_covar: float = 1e-6, kmeans_iters: int = 100) -> NLEEPResult:
+  """NLEEP for several checkpoints' features and several seeds in one vmapped call.
+
+  Args:
+    features: [M, N, D] features of M checkpoints on the same N examples (or [N, D] for M = 1;
+      the result then still has the M axis).
+    labels: [N] target labels in [0, C).
+    keys: S PRNG keys (typed keys or uint32 key data [S, 2]); default `jax.random.key(0)`.
+    num_classes: C; inferred from concrete labels, required under jit/vmap.
+    pca_energy: keep the fewest leading principal components whose cumulative explained-variance
+      ratio exceeds this (scikit-learn's `PCA(n_components=pca_energy)`); 1.0 keeps all.
+    max_pca_dim: upper bound on the kept dimensions. With concrete features it defaults to the
+      largest dimension any checkpoint needs, rounded up to a multiple of 8; under a trace to
+      min(N, D). Feature sets needing
+      fewer dims are padded and masked (exact, see module docstring).
+    components_per_class: V = components_per_class * C under the 'per_class' rule (paper: 5).
+    component_rule: 'per_class' (paper) or 'pactran' (max(min(C, 0.2N), 0.1N)). V is capped at
+      N // 2 either way; the result records V used and requested.
+    covariance_type: 'full' (paper), 'diag' or 'spherical'.
+    max_iters: EM iteration cap (paper: 100).
+    tol: stop when the mean log-likelihood changes by less than this (paper: 1e-3).
+    reg_covar: added to every covariance diagonal (paper: 1e-6).
+    kmeans_iters: Lloyd iteration cap of the k-means initialisation.
+
+  Returns:
+    `NLEEPResult` whose fields have leading dims [M, S].
+  """
+  _check_options(covariance_type, pca_energy, max_iters, tol, reg_covar, components_per_class)
+  if keys is None:
+    keys = jax.random.key(0)
+  keys = _as_keys(keys)
+  if _validation.is_concrete(features):
+    feats = np.asarray(features)
+    if feats.ndim == 2:
+      feats = feats[None]
+    if feats.ndim != 3:
+      raise ValueError(f'features must be [N, D] or [M, N, D], got shape {feats.shape}.')
+    for m in range(feats.shape[0]):
+      _validation.check_features(feats[m], name='features' if feats.shape[0] == 1 else
+                                 f'features[{m}]')
+    features = feats
+  elif jnp.ndim(features) == 2:
+    features = features[None]
+  features = jnp.asarray(features, _validation.float_dtype(features))
+  _, n, d = features.shape
+  labels, num_classes = _validation.resolve_labels(labels, n, num_classes, 'nleep')
+  num_components, requested = num_mixture_components(
+      num_classes, n, components_per_class=components_per_class, component_rule=component_rule)
+  if num_components < num_classes and component_rule == 'per_class':
+    raise ValueError(
+        f'nleep: N = {n} examples are too few for a mixture with at least one component per '
+        f'class (C = {num_classes} needs N >= {2 * num_classes}).')
+
+  axes, ratios = jax.vmap(_pca_basis_jit)(features)
+  pca_dims = jax.vmap(pca_dim_for_energy, in_axes=(0, None))(ratios, pca_energy)
+  if max_pca_dim is None:
+    if _validation.is_concrete(pca_dims):
+      # Rounded up to a multiple of 8 (exact, by masking) so that feature sets whose PCA keeps
+      # similar numbers of dims share one compiled kernel.
+      max_pca_dim = -(-int(np.max(pca_dims)) // _PCA_DIM_BUCKET) * _PCA_DIM_BUCKET
+    else:
+      max_pca_dim = min(n, d)
+  max_pca_dim = int(min(max_pca_dim, n, d))
+  if max_pca_dim < 1:
+    raise ValueError(f'max_pca_dim must be >= 1, got {max_pca_dim}.')
+  pca_dims = jnp.minimum(pca_dims, max_pca_dim)
+  return _nleep_batch_kernel(
+      features, jnp.asarray(labels, jnp.int32), keys, axes[:, :, :max_pca_dim], pca_dims,
+      num_classes=num_classes, num_components=num_components, requested_components=requested,
+      covariance_type=covariance_type, max_iters=int(max_iters), tol=float(tol),
+      reg_covar=float(reg_covar), kmeans_iters=int(kmeans_iters))
+
+
+def nleep_fit(features, labels, *, key=None, **kwargs) -> NLEEPResult:
+  """NLEEP of one [N, D] feature set with one key, with everything needed to reproduce it.
+
+  Takes the keyword arguments of `nleep_batch` (but one `key` instead of `keys`).
+
+  Returns:
+    `NLEEPResult` of scalars.
+  """
+  if _validation.is_concrete(features) and np.ndim(features) != 2:
+    raise ValueError(f'features must be 2-D [N, D], got shape {np.shape(features)}.')
+  key = jax.random.key(0) if key is None else key
+  result = nleep_batch(features, labels, keys=key, **kwargs)
+  return jax.tree.map(lambda x: x[0, 0], result)
+
+
+def nleep(features, labels, *, key=None, num_classes: Optional[int] = None,
+          pca_energy: float = 0.8, max_pca_dim: Optional[int] = None,
+          components_per_class: int = 5, component_rule: str = 'per_class',
+          covariance_type: str = 'full', max_iters: int = 100, tol: float = 1e-3,
+          reg_covar: float = 1e-6, kmeans_iters: int = 100) -> jax.Array:
+  """Neural LEEP (Li et al. 2021): LEEP with a Gaussian mixture as the "source classifier".
+
+  1. PCA of the centred features, keeping the fewest components whose cumulative explained
+     variance ratio exceeds `pca_energy`.
+  2. A V-component Gaussian mixture fitted by EM (k-means++ / Lloyd initialisation with `key`).
+  3. NLEEP = mean_i log sum_v Q[y_i, v] pi[i, v], with pi the mixture posteriors and Q built from
+     them as in LEEP. Higher is better; <= 0.
+
+  Args:
+    features: [N, D] pooled pre-logit features.
+    labels: [N] target labels in [0, C).
+    key: PRNG key of the mixture initialisation (default `jax.random.key(0)`, a fixed seed).
+    num_classes: C; inferred from concrete labels, required under jit/vmap.
+    pca_energy, max_pca_dim, components_per_class, component_rule, covariance_type, max_iters,
+      tol, reg_covar, kmeans_iters: see `nleep_batch`.
+
+  Returns:
+    The NLEEP score, a scalar. Use `nleep_fit` for the V, PCA dimension, iterations and seed
+    that produced it, and `nleep_batch` for several seeds or checkpoints at once.
+
+  References:
+    Li, Jia, Sang, Zhu, Green, Wang, Gong, "Ranking Neural Checkpoints", CVPR 2021.
+  """
+  return nleep_fit(
+      features, labels, key=key, num_classes=num_classes, pca_energy=pca_energy,
+      max_pca_dim=max_pca_dim, components_per_class=components_per_class,
+      component_rule=component_rule, covariance_type=covariance_type, max_iters=max_iters,
+      tol=tol, reg_covar=reg_covar, kmeans_iters=kmeans_iters).score
