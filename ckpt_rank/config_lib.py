@@ -1,0 +1,79 @@
+"""Helpers shared by the configs in experiments/ (configs import this, never each other)."""
+
+import ast
+from typing import Any, Sequence
+
+import ml_collections
+
+from ckpt_rank import measures
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses the config argument after the colon: ``"runlocal"``, ``"runlocal,seeds=3"``, ...
+
+  A bare word sets that option to True, ``key=value`` sets it to the Python literal `value` (or
+  the plain string when it is not a literal).
+
+  Args:
+    arg: the text after ``file.py:`` on the command line, or None.
+    **defaults: every option the config understands, with its default.
+
+  Returns:
+    A locked ConfigDict of the options.
+
+  Raises:
+    ValueError: an option the config does not define.
+  """
+  options = dict(defaults)
+  for token in filter(None, (t.strip() for t in (arg or '').split(','))):
+    name, has_value, text = token.partition('=')
+    name = name.strip()
+    if name not in defaults:
+      raise ValueError(f'Unknown config option {name!r} in {arg!r}; known: '
+                       f'{", ".join(sorted(defaults)) or "none"}.')
+    if not has_value:
+      options[name] = True
+      continue
+    try:
+      options[name] = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+      options[name] = text.strip()
+  result = ml_collections.ConfigDict(options)
+  result.lock()
+  return result
+
+
+def validate_measures(specs: Sequence[str]) -> list[measures.Measure]:
+  """Resolves every measure spec of a config, failing on the first one that does not resolve.
+
+  Args:
+    specs: measure spec strings such as ``"leep"`` or ``"nleep(components_per_class=1)"``.
+
+  Returns:
+    The resolved measures, in order.
+
+  Raises:
+    ValueError: a spec that is not a string, names an unknown measure or hyper-parameter (the
+      message quotes the spec and lists what is known), or two specs naming the same measure.
+  """
+  if isinstance(specs, str):
+    raise ValueError(f'config.measures must be a sequence of spec strings, got the string '
+                     f'{specs!r}; write ({specs!r},).')
+  resolved = []
+  seen = {}
+  for index, spec in enumerate(specs):
+    if not isinstance(spec, str):
+      raise ValueError(f'config.measures[{index}] must be a spec string, got {spec!r}.')
+    try:
+      measure = measures.get(spec)
+    except ValueError as e:
+      raise ValueError(f'config.measures[{index}] = {spec!r}: {e}') from e
+    if measure.spec in seen:
+      raise ValueError(f'config.measures[{index}] = {spec!r} repeats config.measures'
+                       f'[{seen[measure.spec]}] (both are {measure.spec!r}).')
+    seen[measure.spec] = index
+    resolved.append(measure)
+  if not resolved:
+    raise ValueError('config.measures is empty; name at least one of: '
+                     f'{", ".join(measures.names())}.')
+  return resolved
