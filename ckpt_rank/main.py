@@ -8,21 +8,13 @@ WORKDIR/results.json. A rerun with the same workdir resumes from the files alrea
 
 import os
 
-# XLA:CPU's multi-threaded Eigen pool can wedge for good (every worker idle, the main thread in
-# block_until_ready) when nleep_batch runs after linear_probe in one process; reproduced on
-# jax 0.10.2 with 8 checkpoints x 5 seeds. Single-threaded Eigen avoids it and is no slower on
-# 2 cores. Set before JAX starts its backend; an explicit setting in XLA_FLAGS wins.
-if 'xla_cpu_multi_thread_eigen' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_cpu_multi_thread_eigen=false').strip()
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags  # pylint: disable=g-import-not-at-top
-from absl import logging  # pylint: disable=g-import-not-at-top
-import jax  # pylint: disable=g-import-not-at-top
-from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
-from ckpt_rank import experiment  # pylint: disable=g-import-not-at-top
+from ckpt_rank import experiment
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment configuration file, e.g. experiments/offline.py[:runlocal].',

@@ -4,12 +4,6 @@ import importlib.util
 import json
 import math
 import os
-
-# The XLA:CPU thread-pool hang worked around in ckpt_rank/main.py; effective when this module is
-# imported before JAX starts its backend (as under pytest collection).
-if 'xla_cpu_multi_thread_eigen' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_cpu_multi_thread_eigen=false').strip()
 import shutil
 import tempfile
 from unittest import mock

@@ -203,14 +203,32 @@ def lower_triangular_inverse(lower: jax.Array, block: int = 16) -> jax.Array:
   inv([[A, 0], [C, B]]) = [[inv(A), 0], [-inv(B) C inv(A), inv(B)]]. XLA:CPU's batched triangular
   solve slows down superlinearly with d (about 200x slower than this for 50 matrices of size 64),
   so it is used only on diagonal blocks of at most `block` rows, and the rest is matrix products.
+  The matrix is padded with an identity block to `block` * 2^k rows so that A and B always have the
+  same shape and are inverted together: the whole graph holds ONE triangular-solve call (two
+  LAPACK calls running concurrently can deadlock XLA:CPU's thread pool, see `_m_step`).
   """
   d = lower.shape[-1]
   if d <= block:
     eye = jnp.broadcast_to(jnp.eye(d, dtype=lower.dtype), lower.shape)
     return lax.linalg.triangular_solve(lower, eye, left_side=True, lower=True)
+  padded = block * 2**math.ceil(math.log2(d / block))
+  if padded != d:
+    pad = [(0, 0)] * (lower.ndim - 2) + [(0, padded - d), (0, padded - d)]
+    eye_tail = jnp.diag((jnp.arange(padded) >= d).astype(lower.dtype))
+    return _stacked_inverse(jnp.pad(lower, pad) + eye_tail, block)[..., :d, :d]
+  return _stacked_inverse(lower, block)
+
+
+def _stacked_inverse(lower: jax.Array, block: int) -> jax.Array:
+  """`lower_triangular_inverse` for d = block * 2^k."""
+  d = lower.shape[-1]
+  if d <= block:
+    eye = jnp.broadcast_to(jnp.eye(d, dtype=lower.dtype), lower.shape)
+    return lax.linalg.triangular_solve(lower, eye, left_side=True, lower=True)
   half = d // 2
-  inv_a = lower_triangular_inverse(lower[..., :half, :half], block)
-  inv_b = lower_triangular_inverse(lower[..., half:, half:], block)
+  both = _stacked_inverse(jnp.stack([lower[..., :half, :half], lower[..., half:, half:]], -3),
+                          block)
+  inv_a, inv_b = both[..., 0, :, :], both[..., 1, :, :]
   off = -inv_b @ lower[..., half:, :half] @ inv_a
   zeros = jnp.zeros(inv_a.shape[:-1] + (d - half,), lower.dtype)
   return jnp.concatenate([jnp.concatenate([inv_a, zeros], -1),
@@ -239,11 +257,14 @@ def _m_step(points, resp, active, reg_covar, covariance_type) -> _Mixture:
     diff = (points[None, :, :] - means[:, None, :]) * jnp.sqrt(resp.T)[:, :, None]  # [K, N, d]
     cov = jnp.einsum('kni,knj->kij', diff, diff) / counts[:, None, None]
     cov = cov + reg_covar * jnp.eye(d, dtype=dtype)
-    chol = jnp.linalg.cholesky(cov)
-    failed = jnp.isnan(chol).any(axis=(1, 2))
     # Fallback ridge for numerically singular components (float32), see module docstring.
     ridge = 1e-4 * jnp.trace(cov, axis1=1, axis2=2) / num_active
-    chol_ridged = jnp.linalg.cholesky(cov + ridge[:, None, None] * jnp.eye(d, dtype=dtype))
+    ridged = cov + ridge[:, None, None] * jnp.eye(d, dtype=dtype)
+    # Both factorisations in ONE batched call: two independent LAPACK Cholesky calls may run
+    # concurrently on XLA:CPU's two-thread pool, each waiting for batch work queued behind the
+    # other, and never return (seen with jax 0.10.2 for several checkpoints x several seeds).
+    chol, chol_ridged = jnp.split(jnp.linalg.cholesky(jnp.concatenate([cov, ridged])), 2)
+    failed = jnp.isnan(chol).any(axis=(1, 2))
     chol = jnp.where(failed[:, None, None], chol_ridged, chol)
     prec_chol = jnp.swapaxes(lower_triangular_inverse(chol), 1, 2)  # upper triangular
     diag = jnp.diagonal(prec_chol, axis1=1, axis2=2)
@@ -363,6 +384,7 @@ def _nleep_batch_kernel(features, labels, keys, axes, pca_dims, **static) -> NLE
   """[M, N, D] features, [S] keys, [M, D, d_max] axes, [M] dims -> results with dims [M, S]."""
   single = functools.partial(_nleep_single, **static)
   over_keys = jax.vmap(single, in_axes=(None, None, 0, None, None))
+
   # Full float32 products on accelerators too (no TF32/bf16 passes in the EM statistics).
   with jax.default_matmul_precision('highest'):
     return jax.vmap(over_keys, in_axes=(0, None, None, 0, 0))(features, labels, keys, axes,

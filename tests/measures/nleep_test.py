@@ -1,6 +1,10 @@
 """Tests for NLEEP: scikit-learn PCA + GaussianMixture + a NumPy LEEP as the reference."""
 
 import functools
+import os
+import subprocess
+import sys
+import textwrap
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -148,6 +152,44 @@ class NleepTest(parameterized.TestCase):
     np.testing.assert_allclose(batch.score[:, 0], [float(r.score) for r in loop], atol=1e-4)
     np.testing.assert_allclose(batch.log_likelihood[:, 0], [float(r.log_likelihood) for r in loop],
                                rtol=1e-4, atol=1e-3)
+
+  @parameterized.parameters(5, 16, 17, 40, 100)
+  def test_lower_triangular_inverse(self, d):
+    rng = np.random.default_rng(d)
+    lower = np.tril(rng.normal(size=(3, d, d))) + 3 * d * np.eye(d)
+    with jax.default_matmul_precision('highest'):
+      inv = np.asarray(_nleep.lower_triangular_inverse(jnp.asarray(lower, jnp.float32)))
+    np.testing.assert_allclose(inv, np.linalg.inv(lower), rtol=1e-4, atol=1e-6)
+    self.assertTrue(np.all(np.triu(inv, 1) == 0))
+
+  def test_several_checkpoints_and_several_seeds_at_once_return(self):
+    # Regression: (M, S) = (4, 5) deadlocked XLA:CPU's thread pool (two concurrent LAPACK Cholesky
+    # calls, each waiting for batch work queued behind the other). A subprocess with a deadline,
+    # so that a hang fails this test instead of stalling the suite.
+    code = textwrap.dedent("""
+        import jax, numpy as np
+        from sklearn.datasets import load_digits
+        from ckpt_rank import measures
+        x, y = load_digits(return_X_y=True)
+        x, y = x[y >= 5].astype(np.float32), y[y >= 5] - 5
+        rng = np.random.default_rng(0)
+        x = np.stack([np.tanh(x @ rng.normal(size=(64, 64)).astype(np.float32) / (8 * (m + 1)))
+                      for m in range(4)])
+        keys = np.stack([jax.random.key_data(jax.random.key(s)) for s in range(5)])
+        r = measures.nleep_batch(x, y, keys=keys)
+        single = measures.nleep(x[2], y, key=jax.random.key(3))
+        print(np.asarray(r.score).shape, abs(float(r.score[2, 3]) - float(single)))
+        """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    try:
+      out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                           timeout=240, env=env, check=False)
+    except subprocess.TimeoutExpired:
+      self.fail('nleep_batch over 4 checkpoints x 5 seeds did not return within 240 s.')
+    self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+    shape, diff = out.stdout.strip().rsplit(' ', 1)
+    self.assertEqual(shape, '(4, 5)')
+    self.assertLess(float(diff), 1e-4)
 
   def test_jit_and_vmap_of_the_public_function(self):
     features, labels = graded_problem(1.0)
