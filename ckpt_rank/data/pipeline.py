@@ -1,0 +1,214 @@
+"""Reads a task's images and labels through TFDS, the same way for every task.
+
+Catalog datasets (the VTAB tasks) must already be prepared in the data dir: they are opened
+with `try_gcs=False` and never downloaded, so a missing dataset fails at once with an error
+saying how to provide it. Local datasets (`ckpt_rank.data.builders`) are prepared on first use
+from the files installed on this machine. Both are then read by `builder.as_dataset` in stored
+order (`shuffle_files=False`), so a role always yields the same examples in the same order.
+"""
+
+import os
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from ckpt_rank.data import builders
+from ckpt_rank.data import tasks as tasks_lib
+
+DATA_DIR_ENV_VAR = 'CKPT_RANK_DATA_DIR'
+# Examples decoded per tf.data batch when images share one shape (the fast path).
+_READ_BATCH = 512
+
+
+class Examples(NamedTuple):
+  """Images [N, H, W, 3] uint8 and labels [N] int32 of one task role."""
+  images: np.ndarray
+  labels: np.ndarray
+
+
+def default_data_dir() -> str:
+  """$CKPT_RANK_DATA_DIR, else ~/tensorflow_datasets."""
+  return os.environ.get(DATA_DIR_ENV_VAR) or os.path.expanduser('~/tensorflow_datasets')
+
+
+def _as_task(task: str | tasks_lib.Task) -> tasks_lib.Task:
+  return tasks_lib.get(task) if isinstance(task, str) else task
+
+
+def builder(task: str | tasks_lib.Task, *,
+            data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """Returns the prepared TFDS builder of `task`, preparing local datasets on first use.
+
+  Args:
+    task: a task name or Task.
+    data_dir: TFDS data dir; default `default_data_dir()`.
+
+  Returns:
+    A builder whose data is prepared in `data_dir`.
+
+  Raises:
+    FileNotFoundError: a catalog dataset is not prepared in `data_dir` (nothing is downloaded),
+      or a local dataset's source files are missing.
+  """
+  task = _as_task(task)
+  data_dir = os.path.expanduser(data_dir or default_data_dir())
+  missing = (f'Task {task.name!r}: TFDS dataset {task.tfds_name!r} is not prepared in '
+             f'{data_dir}, and nothing is downloaded here. Prepare it where there is network '
+             f"(tfds.builder({task.tfds_name!r}, data_dir=...).download_and_prepare()) and copy "
+             f'the folder into {data_dir}, or point data_dir / ${DATA_DIR_ENV_VAR} at a data dir '
+             'that holds it.')
+  try:
+    tfds_builder = tfds.builder(task.tfds_name, data_dir=data_dir, try_gcs=False)
+  except (tfds.core.registered.DatasetNotFoundError, AssertionError, ValueError) as e:
+    # E.g. a pinned version that this TFDS has no code for and that is not in data_dir either.
+    first_line = (str(e).strip().splitlines() or [''])[0]  # TFDS appends its whole catalog.
+    raise FileNotFoundError(f'{missing} ({type(e).__name__}: {first_line})') from None
+  if isinstance(tfds_builder, builders.LocalImageBuilder):
+    # Our builders read local files only; this config also keeps TFDS off GCS.
+    tfds_builder.download_and_prepare(download_config=builders.offline_download_config())
+  elif not tfds_builder.is_prepared():
+    raise FileNotFoundError(missing)
+  return tfds_builder
+
+
+def _check_split_sizes(task: tasks_lib.Task, role: str, info: tfds.core.DatasetInfo) -> None:
+  """The role's slice bounds were computed from split sizes; they must match the data."""
+  for split in task.sliced_splits(role):
+    expected = task.split_sizes.get(split)
+    if expected is None:
+      continue
+    actual = info.splits[split].num_examples if split in info.splits else None
+    if actual != expected:
+      raise ValueError(f'Task {task.name!r} role {role!r} ({task.split(role)!r}) assumes TFDS '
+                       f'split {split!r} of {info.full_name} has {expected} examples, but the '
+                       f'prepared data has {actual}: the slices would select other examples.')
+
+
+def _to_rgb(images: tf.Tensor) -> tf.Tensor:
+  """[..., H, W, C] with C in {1, 3} -> [..., H, W, 3]."""
+  if images.shape[-1] == 1:
+    return tf.repeat(images, 3, axis=-1)
+  if images.shape[-1] != 3:
+    raise ValueError(f'Images with {images.shape[-1]} channels cannot be made RGB.')
+  return images
+
+
+def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  resized = tf.image.resize(image, (size, size), method='bilinear', antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def load(task: str | tasks_lib.Task, role: str, *, data_dir: str | None = None,
+         max_examples: int | None = None, image_size: int | None = None) -> Examples:
+  """Reads one role of a task into memory.
+
+  Args:
+    task: a task name (see `ckpt_rank.data.tasks.names()`) or Task.
+    role: one of the task's roles, e.g. 'train800val200', 'train', 'test'.
+    data_dir: TFDS data dir; default $CKPT_RANK_DATA_DIR or ~/tensorflow_datasets.
+    max_examples: read at most this many examples (the first ones, in stored order).
+    image_size: resize every image to [image_size, image_size] (bilinear, antialiased).
+      Required for datasets whose images differ in size (most natural VTAB tasks); the
+      checkpoints resize again to their own input size.
+
+  Returns:
+    Examples(images [N, H, W, 3] uint8, labels [N] int32), with the task's label and image
+    transforms applied and grey images replicated to 3 channels.
+
+  Raises:
+    ValueError: unknown task or role, a bad `max_examples` / `image_size`, images of varying
+      size without `image_size`, or prepared data whose split sizes differ from the table's.
+    FileNotFoundError: the dataset is not prepared and cannot be built locally.
+  """
+  task = _as_task(task)
+  split = task.split(role)
+  if max_examples is not None and max_examples < 1:
+    raise ValueError(f'max_examples must be >= 1 or None, got {max_examples}.')
+  if image_size is not None and image_size < 1:
+    raise ValueError(f'image_size must be >= 1 or None, got {image_size}.')
+  tfds_builder = builder(task, data_dir=data_dir)
+  _check_split_sizes(task, role, tfds_builder.info)
+  features = tfds_builder.info.features
+  for key in (task.image_key, task.label_key):
+    if key not in features:
+      raise ValueError(f'Task {task.name!r}: {tfds_builder.info.full_name} has no feature '
+                       f'{key!r}; it has {sorted(features.keys())}.')
+  image_shape = tuple(features[task.image_key].shape)
+  if image_size is None and None in image_shape[:2]:
+    raise ValueError(f'Task {task.name!r}: images of {tfds_builder.info.full_name} vary in size '
+                     f'({image_shape}); pass image_size= to resize them to one size.')
+
+  ds = tfds_builder.as_dataset(
+      split=split, shuffle_files=False,
+      # One file at a time, in order: the stored order is the order returned.
+      read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False))
+  if max_examples is not None:
+    ds = ds.take(max_examples)
+
+  image_transform = (None if task.image_transform is None
+                     else tasks_lib.IMAGE_TRANSFORMS.lookup(task.image_transform))
+
+  @tf.autograph.experimental.do_not_convert  # Only static Python branches: nothing to convert.
+  def select(example):
+    image = example[task.image_key]
+    if image_transform is not None:
+      image = image_transform(image)  # Before resizing, e.g. {0, 1} masks -> {0, 255}.
+    image = _to_rgb(image)
+    if image_size is not None:
+      image = _resize(image, image_size)
+    return image, example[task.label_key]
+
+  ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  images, raw_labels = _collect(ds, batched=task.label_transform is None)
+  if task.label_transform is None:
+    labels = np.asarray(raw_labels, np.int64)
+  else:
+    transform = tasks_lib.LABEL_TRANSFORMS.lookup(task.label_transform)
+    labels = np.array([transform(value) for value in raw_labels], np.int64)
+  if labels.size and (labels.min() < 0 or labels.max() >= task.num_classes):
+    raise ValueError(f'Task {task.name!r}: labels span [{labels.min()}, {labels.max()}], outside '
+                     f'[0, {task.num_classes}).')
+  return Examples(images=np.ascontiguousarray(images, np.uint8), labels=labels.astype(np.int32))
+
+
+def _collect(ds: tf.data.Dataset, *, batched: bool) -> tuple[np.ndarray, list | np.ndarray]:
+  """Materialises (image, label source) pairs; batches when labels are plain tensors."""
+  if batched:
+    image_parts, label_parts = [], []
+    for images, labels in tfds.as_numpy(ds.batch(_READ_BATCH)):
+      image_parts.append(images)
+      label_parts.append(labels)
+    if not image_parts:
+      return _empty_images(ds), np.zeros([0], np.int64)
+    return np.concatenate(image_parts), np.concatenate(label_parts)
+  # Derived labels come from nested, variable-length features: one example at a time.
+  images, sources = [], []
+  for image, source in tfds.as_numpy(ds):
+    images.append(image)
+    sources.append(source)
+  if not images:
+    return _empty_images(ds), []
+  return np.stack(images), sources
+
+
+def _empty_images(ds: tf.data.Dataset) -> np.ndarray:
+  shape = ds.element_spec[0].shape
+  return np.zeros([0] + [d if d is not None else 0 for d in shape], np.uint8)
+
+
+def iterate(task: str | tasks_lib.Task, role: str, *, batch_size: int,
+            data_dir: str | None = None, image_size: int | None = None,
+            max_examples: int | None = None) -> Iterator[Examples]:
+  """Yields `load`'s examples in batches of `batch_size` (the last one may be smaller).
+
+  Reads the whole role through `load` first: fine for the task sizes used here (VTAB-1k and the
+  offline tasks); a streaming reader would be needed for full-size VTAB training splits.
+  """
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+  examples = load(task, role, data_dir=data_dir, image_size=image_size, max_examples=max_examples)
+  for start in range(0, len(examples.labels), batch_size):
+    yield Examples(examples.images[start:start + batch_size],
+                   examples.labels[start:start + batch_size])

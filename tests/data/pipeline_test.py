@@ -1,0 +1,143 @@
+"""Tests for ckpt_rank.data.load on catalog-style datasets: derived labels, resizing, errors."""
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from unittest import mock
+
+from absl.testing import absltest
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ckpt_rank import data
+from ckpt_rank.data import tasks
+
+
+class FakeClevr(tfds.core.GeneratorBasedBuilder):
+  """A CLEVR-shaped dataset: variable-size images, an `objects` sequence; 'train'/'validation'.
+
+  Stands for a catalog dataset someone prepared into the data dir. Example i has 3 + i % 8
+  objects and grey images of size (10 + i % 3) x 12, filled with the value i.
+  """
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(None, None, 1)),
+            'objects': tfds.features.Sequence({
+                'size': tfds.features.ClassLabel(num_classes=2),
+                'pixel_coords': tfds.features.Tensor(shape=(3,), dtype=np.float32),
+            }),
+        }),
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples(20), 'validation': self._generate_examples(10)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      num_objects = 3 + i % 8
+      coords = np.zeros([num_objects, 3], np.float32)
+      coords[:, 2] = 7.5 + 0.5 * i + np.arange(num_objects)  # Closest depth 7.5 + 0.5 i.
+      yield i, {'image': np.full([10 + i % 3, 12, 1], i, np.uint8),
+                'objects': {'size': np.zeros(num_objects, np.int64), 'pixel_coords': coords}}
+
+
+def fake_task(**overrides):
+  kwargs = dict(name='fake_clevr_count', tfds_name='fake_clevr:1.0.0', num_classes=8,
+                splits={'train': 'train[:15]', 'val': 'train[15:]', 'trainval': 'train',
+                        'test': 'validation'},
+                split_sizes={'train': 20}, groups=('structured',), label_key='objects',
+                label_transform='clevr_count_all')
+  kwargs.update(overrides)
+  return tasks.Task(**kwargs)
+
+
+class LoadTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data_dir = tempfile.mkdtemp(prefix='ckpt_rank_pipeline_')
+    FakeClevr(data_dir=cls.data_dir).download_and_prepare()
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.data_dir, ignore_errors=True)
+    super().tearDownClass()
+
+  def test_derived_labels_and_resized_images(self):
+    examples = data.load(fake_task(), 'train', data_dir=self.data_dir, image_size=6)
+    self.assertEqual(examples.images.shape, (15, 6, 6, 3))
+    self.assertEqual(examples.images.dtype, np.uint8)
+    # Constant images stay constant through resizing: example i is all i, on 3 channels.
+    np.testing.assert_array_equal(examples.images, np.arange(15)[:, None, None, None]
+                                  * np.ones([1, 6, 6, 3], np.uint8))
+    np.testing.assert_array_equal(examples.labels, np.arange(15) % 8)
+    self.assertEqual(examples.labels.dtype, np.int32)
+
+  def test_distance_transform_through_tfds(self):
+    task = fake_task(name='fake_clevr_distance', num_classes=6,
+                     label_transform='clevr_closest_distance')
+    examples = data.load(task, 'test', data_dir=self.data_dir, image_size=4)
+    closest = 7.5 + 0.5 * np.arange(10)
+    expected = np.searchsorted([0.0, 8.0, 8.5, 9.0, 9.5, 10.0, 100.0], closest, side='left') - 1
+    np.testing.assert_array_equal(examples.labels, expected)
+
+  def test_image_transform_is_applied(self):
+    task = fake_task(image_transform='binary_to_uint8')
+    examples = data.load(task, 'train', data_dir=self.data_dir, image_size=4, max_examples=2)
+    np.testing.assert_array_equal(examples.images[:, 0, 0, 0], [0, 255])
+
+  def test_label_outside_num_classes_raises(self):
+    with self.assertRaisesRegex(ValueError, r'labels span \[0, 7\], outside \[0, 5\)'):
+      data.load(fake_task(num_classes=5), 'trainval', data_dir=self.data_dir, image_size=4)
+
+  def test_varying_image_sizes_need_image_size(self):
+    with self.assertRaisesRegex(ValueError, 'vary in size.*image_size='):
+      data.load(fake_task(), 'train', data_dir=self.data_dir)
+
+  def test_max_examples_and_bad_arguments(self):
+    examples = data.load(fake_task(), 'val', data_dir=self.data_dir, image_size=4, max_examples=3)
+    np.testing.assert_array_equal(examples.labels, [15 % 8, 16 % 8, 17 % 8])
+    with self.assertRaisesRegex(ValueError, 'max_examples'):
+      data.load(fake_task(), 'val', data_dir=self.data_dir, max_examples=0)
+    with self.assertRaisesRegex(ValueError, "no role 'val200'"):
+      data.load(fake_task(), 'val200', data_dir=self.data_dir)
+    with self.assertRaisesRegex(ValueError, "Unknown task 'no_such_task'"):
+      data.load('no_such_task', 'train', data_dir=self.data_dir)
+
+  def test_catalog_task_not_prepared_fails_fast_without_network(self):
+    empty_dir = tempfile.mkdtemp()
+
+    def no_network(*args, **kwargs):
+      raise AssertionError(f'network access attempted: {args}')
+
+    with mock.patch.object(socket.socket, 'connect', no_network), \
+         mock.patch.object(socket, 'create_connection', no_network), \
+         mock.patch.object(socket, 'getaddrinfo', no_network):
+      for name in ('caltech101', 'sun397', 'oxford_iiit_pet', 'clevr_count'):
+        start = time.time()
+        with self.assertRaisesRegex(FileNotFoundError,
+                                    f"Task '{name}'.*not prepared in {empty_dir}.*"
+                                    'nothing is downloaded'):
+          data.load(name, 'train800val200', data_dir=empty_dir)
+        self.assertLess(time.time() - start, 5.0, name)
+    self.assertEqual(os.listdir(empty_dir), [])
+
+  def test_default_data_dir_from_environment(self):
+    with mock.patch.dict(os.environ, {'CKPT_RANK_DATA_DIR': self.data_dir}):
+      self.assertEqual(data.default_data_dir(), self.data_dir)
+      examples = data.load(fake_task(), 'test', image_size=4, max_examples=2)
+      self.assertLen(examples.labels, 2)
+    with mock.patch.dict(os.environ, {'CKPT_RANK_DATA_DIR': ''}):
+      self.assertEqual(data.default_data_dir(), os.path.expanduser('~/tensorflow_datasets'))
+
+
+if __name__ == '__main__':
+  absltest.main()
