@@ -1,0 +1,550 @@
+"""Batched, jit-friendly feature extraction and an on-disk cache of what a checkpoint gives.
+
+`extract(checkpoint, images)` runs a checkpoint over [N, H, W, 3] images in fixed-shape batches
+and returns its pooled pre-logits (and source logits, where it has a head) as NumPy arrays. With a
+`FeatureCache`, a second run with the same checkpoint, task, split, images, preprocessing and
+`CODE_VERSION` reads the arrays from disk instead of running the checkpoint.
+
+The checkpoint is a duck type (`Checkpoint` below); every source in `ckpt_rank.checkpoints`
+provides it:
+
+  name: str             readable name, also a cache directory.
+  fingerprint: str      changes whenever the weights or the preprocessing change.
+  preprocessing: dict   how images are resized and normalised (part of the cache key).
+  has_head: bool        whether `apply_batch` also returns source-classifier logits.
+  apply_batch(images)   [B, H, W, 3] -> {'pre_logits': [B, D], 'logits': [B, K] (with a head)};
+                        JAX, NumPy or TF arrays. Always called with the same B, so a jitted
+                        implementation compiles once per image size.
+
+Copies: each batch is sliced from `images` (one host copy of B images, plus one to pad the last
+batch); each output batch is copied once into a preallocated [N, ...] NumPy result (JAX outputs
+through `np.asarray`, which waits for the computation; TF outputs through `.numpy()`, a view of
+TF's host buffer on CPU). No other copy of the features is made.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Protocol, Sequence
+
+from absl import logging
+import numpy as np
+
+# Bump whenever a change here or in the checkpoints alters the arrays that get cached; it is part
+# of every cache key, so old entries are then ignored (and overwritten) rather than reused.
+CODE_VERSION = 1
+
+OUTPUT_NAMES = ('pre_logits', 'logits')
+
+# The cache's integrity record lives inside the .npz under this name (a JSON document as uint8),
+# so one atomic rename publishes arrays and record together.
+_META_NAME = '__meta__'
+
+
+class Checkpoint(Protocol):
+  """What `extract` needs from a checkpoint (see the module docstring)."""
+
+  name: str
+  fingerprint: str
+  preprocessing: Mapping[str, Any]
+  has_head: bool
+
+  def apply_batch(self, images) -> Mapping[str, Any]:
+    ...
+
+
+class Features(NamedTuple):
+  """What `extract` returns.
+
+  Attributes:
+    pre_logits: [N, D] float32 pooled features, or None when not requested.
+    logits: [N, K] float32 source-classifier logits, or None (no head, or not requested).
+    labels: [N] labels as passed to `extract`, or None.
+    cache_hit: whether the arrays were read from the cache instead of computed.
+    seconds: wall time of the `extract` call (reading the cache, on a hit).
+    images_per_second: N / seconds (a read rate, on a hit).
+  """
+  pre_logits: Optional[np.ndarray]
+  logits: Optional[np.ndarray]
+  labels: Optional[np.ndarray]
+  cache_hit: bool
+  seconds: float
+  images_per_second: float
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixed-shape batching.
+# ----------------------------------------------------------------------------------------------
+
+def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
+  """`rows` [M, ...] extended to [size, ...] by repeating its last row.
+
+  A repeated real image rather than zeros keeps the padding inside the model's normal input
+  range (an all-zero image can divide by zero in a per-image normalisation).
+  """
+  if rows.shape[0] == size:
+    return rows
+  repeat = np.broadcast_to(rows[-1:], (size - rows.shape[0],) + rows.shape[1:])
+  return np.concatenate([rows, repeat], axis=0)
+
+
+def _check_batching(images, batch_size: int) -> int:
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+    raise ValueError(f'batch_size must be an integer, got {batch_size!r}.')
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+  shape = getattr(images, 'shape', None)
+  if shape is None or len(shape) < 1:
+    raise ValueError('images must be an array with a leading example dimension, got '
+                     f'{type(images).__name__} of shape {shape}.')
+  if shape[0] == 0:
+    raise ValueError(f'images is empty (shape {tuple(shape)}); nothing to extract.')
+  return int(shape[0])
+
+
+def pad_to_multiple(images, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Pads `images` [N, ...] to a multiple of `batch_size` rows, for callers batching in JAX.
+
+  Args:
+    images: [N, ...] array, N >= 1.
+    batch_size: the batch size the padded length must be a multiple of.
+
+  Returns:
+    (padded [M, ...] with M = batch_size * ceil(N / batch_size), the last image repeated in the
+    padding rows; mask [M] bool, True for the N real rows). Reshape to
+    [M / batch_size, batch_size, ...] for `jax.lax.map`, and drop rows where the mask is False.
+  """
+  num = _check_batching(images, batch_size)
+  images = np.asarray(images)
+  padded_len = -(-num // batch_size) * batch_size
+  mask = np.arange(padded_len) < num
+  return _pad_rows(images, padded_len), mask
+
+
+class _Progress:
+  """A one-line progress report with images/s on stderr.
+
+  On a terminal the line is rewritten in place (at most 5 times a second); elsewhere (a log file)
+  a line is written every 10 seconds, so logs stay readable.
+  """
+
+  def __init__(self, total: int, name: str, enabled: Optional[bool]):
+    stream = sys.stderr  # Looked up now, so tests can redirect it.
+    is_tty = bool(getattr(stream, 'isatty', lambda: False)())
+    self._enabled = is_tty if enabled is None else bool(enabled)
+    self._stream, self._in_place = stream, is_tty
+    self._interval = 0.2 if is_tty else 10.0
+    self._total, self._name = total, name or 'extract'
+    self._start = self._last = time.perf_counter()
+    self._done = 0
+
+  def _line(self, now: float) -> str:
+    elapsed = max(now - self._start, 1e-9)
+    rate = self._done / elapsed
+    eta = (self._total - self._done) / rate if rate > 0 else float('inf')
+    return (f'{self._name}: {self._done}/{self._total} images '
+            f'({100 * self._done / self._total:.0f}%), {rate:.1f} img/s, '
+            f'{elapsed:.1f}s elapsed, ETA {eta:.0f}s')
+
+  def update(self, num: int) -> None:
+    self._done += num
+    now = time.perf_counter()
+    if self._enabled and now - self._last >= self._interval:
+      self._last = now
+      self._write(self._line(now), final=False)
+
+  def close(self) -> None:
+    if self._enabled:
+      self._write(self._line(time.perf_counter()), final=True)
+
+  def _write(self, line: str, final: bool) -> None:
+    if self._in_place:
+      self._stream.write('\r' + line + ('\n' if final else ''))
+    else:
+      self._stream.write(line + '\n')
+    self._stream.flush()
+
+
+def _to_numpy(value) -> np.ndarray:
+  """A host NumPy array of a JAX, TF or NumPy output (blocks until a JAX result is ready)."""
+  if hasattr(value, 'numpy') and not isinstance(value, np.ndarray):
+    # tf.Tensor (and anything else that exposes `.numpy()`): a host view where TF allows it.
+    return np.asarray(value.numpy())
+  return np.asarray(value)
+
+
+def batched_apply(fn: Callable[[np.ndarray], Mapping[str, Any]], images, *, batch_size: int = 64,
+                  progress: Optional[bool] = None, name: str = '') -> dict[str, np.ndarray]:
+  """Applies `fn` to `images` in fixed-shape batches and concatenates its outputs.
+
+  Every call of `fn` sees exactly [batch_size, ...] (the last batch padded by repeating the last
+  image), so a jitted `fn` compiles once. The calls run one batch ahead: batch i+1 is sliced and
+  dispatched before batch i's outputs are fetched, so with JAX's asynchronous dispatch the host
+  prepares the next batch while the device computes.
+
+  Args:
+    fn: [batch_size, ...] -> dict of arrays with leading dimension batch_size (JAX, NumPy or TF).
+    images: [N, ...] array (NumPy, or anything sliceable with a `.shape`), N >= 1.
+    batch_size: rows per call of `fn`.
+    progress: report progress with images/s on stderr; None: only when stderr is a terminal.
+    name: label of the progress line.
+
+  Returns:
+    Dict of [N, ...] NumPy arrays, one per output of `fn`, padding rows dropped.
+  """
+  num = _check_batching(images, batch_size)
+  bar = _Progress(num, name, progress)
+  results: dict[str, np.ndarray] = {}
+
+  def collect(outputs: Mapping[str, Any], start: int, count: int) -> None:
+    if not isinstance(outputs, Mapping):
+      raise ValueError(f'{name or "fn"} must return a dict of arrays, got '
+                       f'{type(outputs).__name__}.')
+    for key, value in outputs.items():
+      array = _to_numpy(value)
+      if array.ndim < 1 or array.shape[0] != batch_size:
+        raise ValueError(f'{name or "fn"}: output {key!r} has shape {array.shape}; its leading '
+                         f'dimension must be the batch size {batch_size}.')
+      if key not in results:
+        if start:
+          raise ValueError(f'{name or "fn"}: output {key!r} appeared only at image {start}.')
+        results[key] = np.empty((num,) + array.shape[1:], array.dtype)
+      elif array.shape[1:] != results[key].shape[1:]:
+        raise ValueError(f'{name or "fn"}: output {key!r} changed shape between batches: '
+                         f'{results[key].shape[1:]} then {array.shape[1:]}.')
+      results[key][start:start + count] = array[:count]
+    missing = set(results) - set(outputs)
+    if missing:
+      raise ValueError(f'{name or "fn"}: outputs {sorted(missing)} missing at image {start}.')
+    bar.update(count)
+
+  pending = None  # (outputs, start, count) of the batch dispatched last and not yet fetched.
+  for start in range(0, num, batch_size):
+    count = min(batch_size, num - start)
+    batch = _pad_rows(np.asarray(images[start:start + count]), batch_size)
+    outputs = fn(batch)  # Returns at once for a jitted JAX fn; computes in the background.
+    if pending is not None:
+      collect(*pending)  # Waits for the previous batch while this one is in flight.
+    pending = (outputs, start, count)
+  collect(*pending)
+  bar.close()
+  return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks.
+# ----------------------------------------------------------------------------------------------
+
+def check_images(images, name: str = 'images') -> np.ndarray:
+  """Checks [N, H, W, 3] images: uint8, or floats in [0, 1] with no NaN/inf; returns NumPy.
+
+  Raises:
+    ValueError: naming the problem (rank, channels, dtype, range, non-finite values, no images).
+  """
+  arr = np.asarray(images)
+  if arr.ndim != 4:
+    raise ValueError(f'{name} must have rank 4 [N, H, W, 3], got rank {arr.ndim} '
+                     f'(shape {arr.shape}).')
+  if arr.shape[-1] != 3:
+    raise ValueError(f'{name} must have 3 (RGB) channels in the last dimension, got '
+                     f'{arr.shape[-1]} channels (shape {arr.shape}); replicate grey images '
+                     'to 3 channels.')
+  if arr.shape[0] == 0:
+    raise ValueError(f'{name} is empty (shape {arr.shape}); nothing to extract.')
+  if min(arr.shape[1:3]) < 1:
+    raise ValueError(f'{name} has an empty spatial dimension (shape {arr.shape}).')
+  if arr.dtype == np.uint8:
+    return arr
+  if not np.issubdtype(arr.dtype, np.floating):
+    raise ValueError(f'{name} must be uint8 in [0, 255] or float in [0, 1], got dtype '
+                     f'{arr.dtype}.')
+  finite = np.isfinite(arr)
+  if not finite.all():
+    raise ValueError(f'{name} contain non-finite values ({int(np.isnan(arr).sum())} NaN, '
+                     f'{int(np.isinf(arr).sum())} inf; first in image '
+                     f'{int(np.argwhere(~finite)[0][0])}).')
+  low, high = float(arr.min()), float(arr.max())
+  if low < 0 or high > 1:
+    raise ValueError(f'float {name} must be in [0, 1], found values in [{low:.4g}, {high:.4g}] '
+                     '(pass uint8, or divide by 255).')
+  return arr
+
+
+def images_hash(images: np.ndarray) -> str:
+  """sha1 of the images' shape, dtype and bytes: identifies a task subset in the cache key."""
+  arr = np.ascontiguousarray(images)
+  digest = hashlib.sha1(f'{arr.shape}|{arr.dtype.str}|'.encode())
+  digest.update(memoryview(arr).cast('B'))
+  return digest.hexdigest()
+
+
+def _jsonable(value, where: str):
+  """`value` as plain JSON types (tuples become lists); anything else is a ValueError."""
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, np.ndarray):
+    value = value.tolist()
+  if value is None or isinstance(value, (bool, int, str)):
+    return value
+  if isinstance(value, float):
+    if not np.isfinite(value):
+      raise ValueError(f'{where} holds a non-finite number {value!r}.')
+    return value
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v, f'{where}[{i}]') for i, v in enumerate(value)]
+  if isinstance(value, Mapping):
+    return {str(k): _jsonable(v, f'{where}[{k!r}]') for k, v in value.items()}
+  raise ValueError(f'{where} must hold only JSON-like values (numbers, strings, lists, dicts) to '
+                   f'be part of a cache key; got {type(value).__name__}.')
+
+
+# ----------------------------------------------------------------------------------------------
+# On-disk cache.
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CacheKey:
+  """Everything the cached arrays depend on; two keys are equal iff their JSON forms are.
+
+  Attributes:
+    checkpoint: the checkpoint's name.
+    fingerprint: the checkpoint's fingerprint (weights and preprocessing).
+    task: task name (a directory of the cache).
+    split: split or role string, e.g. 'train800val200'.
+    subset: description of the subset (e.g. 'max_examples=1000'), for readers of the sidecar.
+    preprocessing: the checkpoint's preprocessing dict.
+    images_hash: `images_hash` of the images actually run (catches a changed subset).
+    code_version: `CODE_VERSION` of the code that computed the arrays.
+  """
+  checkpoint: str
+  fingerprint: str
+  task: str
+  split: str
+  subset: str
+  preprocessing: Mapping[str, Any]
+  images_hash: str
+  # Read at construction (not at import), so a bumped CODE_VERSION reaches every new key.
+  code_version: int = dataclasses.field(default_factory=lambda: CODE_VERSION)
+
+  def to_json(self) -> dict[str, Any]:
+    return _jsonable(dataclasses.asdict(self), 'cache key')
+
+  def digest(self) -> str:
+    text = json.dumps(self.to_json(), sort_keys=True, separators=(',', ':'))
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()[:20]
+
+
+def _slug(text: str) -> str:
+  """A file-name-safe form of `text` (the full text is kept in the key)."""
+  return re.sub(r'[^A-Za-z0-9_.=+-]+', '_', text).strip('._')[:80] or '_'
+
+
+def _array_checksum(array: np.ndarray) -> str:
+  return hashlib.sha1(memoryview(np.ascontiguousarray(array)).cast('B')).hexdigest()
+
+
+def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
+  """Writes through `write(binary_file)` into a unique temporary file beside `path`, then renames.
+
+  The rename is atomic, so readers see the old file or the whole new one, never part of it; a
+  crash leaves only a `.tmp-*` file, which no reader opens.
+  """
+  directory = os.path.dirname(path)
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.tmp-',
+                                  suffix='-' + os.path.basename(path))
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      write(f)
+    os.replace(tmp_path, path)
+  except BaseException:
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
+    raise
+
+
+class FeatureCache:
+  """Extracted arrays on disk: `root/<task>/<checkpoint>/<key digest>.npz` (+ `.json` sidecar).
+
+  Each .npz carries its own record (the full key and a sha1, shape and dtype per array), and is
+  published by an atomic rename, so concurrent writers of one key cannot interleave and a
+  crash leaves no file that reads as valid. A file that fails to load or to match its record or
+  the key asked for is reported with a warning and treated as a miss (the caller recomputes and
+  overwrites it); it is never used. The JSON sidecar repeats the key for people; it is not read.
+  """
+
+  def __init__(self, root: str):
+    self.root = os.fspath(root)
+
+  def path(self, key: CacheKey) -> str:
+    """Where the arrays of `key` are (or would be) stored."""
+    return os.path.join(self.root, _slug(key.task), _slug(key.checkpoint), key.digest() + '.npz')
+
+  def get(self, key: CacheKey,
+          required: Iterable[str] = ()) -> Optional[dict[str, np.ndarray]]:
+    """The arrays stored under `key`, or None on a miss or an unusable file.
+
+    Args:
+      key: the cache key.
+      required: array names that must all be present; an entry missing any is a miss.
+
+    Returns:
+      Dict of NumPy arrays, or None.
+    """
+    path = self.path(key)
+    if not os.path.exists(path):
+      return None
+    try:
+      with np.load(path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+      meta = json.loads(arrays.pop(_META_NAME).tobytes().decode('utf-8'))
+      if meta.get('key') != key.to_json():
+        raise ValueError('its stored key differs from the key asked for (a digest collision?)')
+      records = meta['arrays']
+      if set(records) != set(arrays):
+        raise ValueError(f'it holds arrays {sorted(arrays)} but records {sorted(records)}')
+      for name, array in arrays.items():
+        record = records[name]
+        if (list(array.shape) != record['shape'] or array.dtype.str != record['dtype'] or
+            _array_checksum(array) != record['sha1']):
+          raise ValueError(f'array {name!r} does not match its recorded shape, dtype or sha1')
+    except Exception as e:  # pylint: disable=broad-except
+      # Truncated, corrupt or foreign files are recomputed, whatever the exception says.
+      logging.warning('Feature cache: ignoring unusable file %s (%s: %s); recomputing.', path,
+                      type(e).__name__, e)
+      return None
+    missing = set(required) - set(arrays)
+    if missing:
+      logging.info('Feature cache: %s lacks %s; recomputing.', path, sorted(missing))
+      return None
+    return arrays
+
+  def put(self, key: CacheKey, arrays: Mapping[str, np.ndarray]) -> str:
+    """Stores `arrays` (name -> NumPy array) under `key`, replacing any entry; returns the path."""
+    if not arrays:
+      raise ValueError('FeatureCache.put: no arrays to store.')
+    arrays = {name: np.asarray(array) for name, array in arrays.items()}
+    if _META_NAME in arrays:
+      raise ValueError(f'FeatureCache.put: {_META_NAME!r} is a reserved array name.')
+    for name, array in arrays.items():
+      if array.dtype == object:
+        raise ValueError(f'FeatureCache.put: array {name!r} has dtype object; cannot be cached.')
+    meta = {
+        'key': key.to_json(),
+        'arrays': {name: {'shape': list(a.shape), 'dtype': a.dtype.str, 'sha1': _array_checksum(a)}
+                   for name, a in arrays.items()},
+    }
+    meta_bytes = json.dumps(meta, sort_keys=True).encode('utf-8')
+    path = self.path(key)
+    _atomic_write(path, lambda f: np.savez(
+        f, **arrays, **{_META_NAME: np.frombuffer(meta_bytes, np.uint8)}))
+    sidecar = dict(meta, written=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+    sidecar_bytes = json.dumps(sidecar, indent=1, sort_keys=True).encode('utf-8')
+    _atomic_write(path[:-len('.npz')] + '.json', lambda f: f.write(sidecar_bytes))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Extraction.
+# ----------------------------------------------------------------------------------------------
+
+def _check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
+  if isinstance(outputs, str):
+    outputs = (outputs,)
+  outputs = tuple(outputs)
+  unknown = [o for o in outputs if o not in OUTPUT_NAMES]
+  if unknown or not outputs:
+    raise ValueError(f'outputs must be a non-empty subset of {OUTPUT_NAMES}, got {outputs}.')
+  return outputs
+
+
+def extract(checkpoint: Checkpoint, images, *, labels=None, task_name: Optional[str] = None,
+            split: Optional[str] = None, subset: str = '', cache: Optional[FeatureCache] = None,
+            batch_size: int = 64, progress: Optional[bool] = None,
+            outputs: Sequence[str] = OUTPUT_NAMES) -> Features:
+  """Runs `checkpoint` over `images` in fixed-shape batches, reading and filling `cache`.
+
+  Args:
+    checkpoint: a `Checkpoint` (see the module docstring).
+    images: [N, H, W, 3] uint8, or float in [0, 1].
+    labels: [N] labels, passed through to the result (not cached, not used).
+    task_name: task the images come from (cache directory and key); '_images' when None.
+    split: split or role string of the images (cache key); '' when None.
+    subset: description of the subset, e.g. 'max_examples=1000' (cache key, for readers).
+    cache: where to read and store the outputs; None: always compute.
+    batch_size: images per call of `checkpoint.apply_batch`.
+    progress: progress line on stderr; None: only when stderr is a terminal.
+    outputs: which of 'pre_logits', 'logits' to return. 'logits' of a checkpoint without a head
+      is None.
+
+  Returns:
+    `Features`.
+
+  Raises:
+    ValueError: bad images or labels, unknown outputs, missing or non-finite checkpoint outputs
+      (non-finite outputs are never cached).
+  """
+  start_time = time.perf_counter()
+  images = check_images(images)
+  num = images.shape[0]
+  outputs = _check_outputs(outputs)
+  wanted = tuple(o for o in outputs if o != 'logits' or checkpoint.has_head)
+  if labels is not None:
+    labels = np.asarray(labels)
+    if labels.ndim < 1 or labels.shape[0] != num:
+      raise ValueError(f'labels have shape {labels.shape} but there are {num} images '
+                       '(length mismatch).')
+
+  key = arrays = None
+  if cache is not None:
+    if not isinstance(checkpoint.fingerprint, str) or not checkpoint.fingerprint:
+      raise ValueError(f'checkpoint {checkpoint.name!r} has no fingerprint; it cannot be cached '
+                       '(an empty fingerprint would reuse features across weight changes).')
+    key = CacheKey(checkpoint=checkpoint.name, fingerprint=checkpoint.fingerprint,
+                   task=task_name or '_images', split=split or '', subset=subset,
+                   preprocessing=dict(checkpoint.preprocessing), images_hash=images_hash(images))
+    arrays = cache.get(key, required=wanted)
+    if arrays is not None:
+      logging.info('Feature cache hit: %s on %s/%s (%d images) from %s.', checkpoint.name,
+                   key.task, key.split, num, cache.path(key))
+
+  cache_hit = arrays is not None
+  if not cache_hit:
+    def apply(batch):
+      result = checkpoint.apply_batch(batch)
+      missing = [o for o in wanted if o not in result]
+      if missing:
+        raise ValueError(f'checkpoint {checkpoint.name!r}: apply_batch returned '
+                         f'{sorted(result)}, missing {missing}.')
+      return {o: result[o] for o in wanted}  # Never fetches outputs nobody asked for.
+
+    arrays = batched_apply(apply, images, batch_size=batch_size, progress=progress,
+                           name=checkpoint.name)
+    for name in wanted:
+      array = arrays[name]
+      if array.ndim != 2:
+        raise ValueError(f'checkpoint {checkpoint.name!r}: {name} must be [N, D], got shape '
+                         f'{array.shape}.')
+      finite = np.isfinite(array)
+      if not finite.all():
+        bad_rows = np.flatnonzero(~finite.all(axis=1))
+        raise ValueError(
+            f'checkpoint {checkpoint.name!r} produced non-finite {name} '
+            f'({int(np.isnan(array).sum())} NaN, {int(np.isinf(array).sum())} inf) for '
+            f'{bad_rows.size} of {num} images, first image {int(bad_rows[0])}; nothing was cached.')
+      arrays[name] = array.astype(np.float32, copy=False)
+    if cache is not None:
+      path = cache.put(key, arrays)
+      logging.info('Feature cache: stored %s on %s/%s (%d images) in %s.', checkpoint.name,
+                   key.task, key.split, num, path)
+
+  seconds = time.perf_counter() - start_time
+  return Features(pre_logits=arrays.get('pre_logits') if 'pre_logits' in wanted else None,
+                  logits=arrays.get('logits') if 'logits' in wanted else None,
+                  labels=labels, cache_hit=cache_hit, seconds=seconds,
+                  images_per_second=num / max(seconds, 1e-9))
