@@ -548,3 +548,39 @@ def extract(checkpoint: Checkpoint, images, *, labels=None, task_name: Optional[
                   logits=arrays.get('logits') if 'logits' in wanted else None,
                   labels=labels, cache_hit=cache_hit, seconds=seconds,
                   images_per_second=num / max(seconds, 1e-9))
+
+
+def extract_task(checkpoint: Checkpoint, task, role: str, *, data_dir: Optional[str] = None,
+                 max_examples: Optional[int] = None, image_size: Optional[int] = None,
+                 cache: Optional[FeatureCache] = None, batch_size: int = 64,
+                 progress: Optional[bool] = None,
+                 outputs: Sequence[str] = OUTPUT_NAMES) -> Features:
+  """`extract` on one role of a task of `ckpt_rank.data` (loaded through TFDS), with its labels.
+
+  The cache key holds the task, its TFDS split string for `role`, the subset options and the
+  images' content hash, so a changed split definition or re-prepared dataset is never read stale.
+
+  Args:
+    checkpoint: a `Checkpoint`.
+    task: a task name or `ckpt_rank.data.Task`.
+    role: a split role of the task, e.g. 'train800', 'test'.
+    data_dir: TFDS data dir; default `ckpt_rank.data.default_data_dir()`.
+    max_examples: first examples of the role only.
+    image_size: resize the task's images to this square size before the checkpoint's own
+      preprocessing (required for tasks whose images vary in size).
+    cache: see `extract`.
+    batch_size: see `extract`.
+    progress: see `extract`.
+    outputs: see `extract`.
+
+  Returns:
+    `Features` with `labels` set.
+  """
+  from ckpt_rank import data  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  task = data.tasks.get(task) if isinstance(task, str) else task
+  examples = data.load(task, role, data_dir=data_dir, max_examples=max_examples,
+                       image_size=image_size)
+  subset = f'max_examples={max_examples},image_size={image_size}'
+  return extract(checkpoint, examples.images, labels=examples.labels, task_name=task.name,
+                 split=task.split(role), subset=subset, cache=cache, batch_size=batch_size,
+                 progress=progress, outputs=outputs)

@@ -491,5 +491,32 @@ class CacheTest(parameterized.TestCase):
       self._extract(ckpt)
 
 
+
+class ExtractTaskTest(absltest.TestCase):
+
+  def test_offline_task_through_tfds_then_cache_hit(self):
+    from ckpt_rank import data  # pylint: disable=g-import-not-at-top
+    data_dir, root = _tempdir(self), _tempdir(self)
+    cache = features.FeatureCache(root)
+    ckpt = TinyCheckpoint()
+    kwargs = dict(data_dir=data_dir, max_examples=50, cache=cache, batch_size=16,
+                  progress=False)
+    first = features.extract_task(ckpt, 'sklearn_digits', 'train', **kwargs)
+    examples = data.load('sklearn_digits', 'train', data_dir=data_dir, max_examples=50)
+    np.testing.assert_array_equal(first.labels, examples.labels)
+    pre, logits = ckpt.reference(examples.images)
+    np.testing.assert_allclose(first.pre_logits, pre, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(first.logits, logits, rtol=1e-4, atol=1e-5)
+    calls = ckpt.calls
+    second = features.extract_task(ckpt, 'sklearn_digits', 'train', **kwargs)
+    self.assertTrue(second.cache_hit)
+    self.assertEqual(ckpt.calls, calls)
+    np.testing.assert_array_equal(second.pre_logits, first.pre_logits)
+    # Another subset is another key.
+    third = features.extract_task(ckpt, 'sklearn_digits', 'train',
+                                  **dict(kwargs, max_examples=40))
+    self.assertFalse(third.cache_hit)
+    np.testing.assert_array_equal(third.pre_logits, first.pre_logits[:40])
+
 if __name__ == '__main__':
   absltest.main()
