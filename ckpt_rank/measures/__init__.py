@@ -14,14 +14,23 @@ import jax
 import jax.numpy as jnp
 
 from ckpt_rank import registry
+from ckpt_rank.measures._gbc import gbc
+from ckpt_rank.measures._hscore import h_score
+from ckpt_rank.measures._hscore import shrinkage_h_score
 from ckpt_rank.measures._knn import knn
 from ckpt_rank.measures._leep import leep
 from ckpt_rank.measures._leep import nce
 from ckpt_rank.measures._linear import linear_probe
+from ckpt_rank.measures._logme import logme
+from ckpt_rank.measures._logme import logme_fit
+from ckpt_rank.measures._logme import LogMEResult
 from ckpt_rank.measures._nleep import nleep
 from ckpt_rank.measures._nleep import nleep_batch
 from ckpt_rank.measures._nleep import nleep_fit
 from ckpt_rank.measures._nleep import NLEEPResult
+from ckpt_rank.measures._parc import parc
+from ckpt_rank.measures._sfda import sfda
+from ckpt_rank.measures._transrate import transrate
 
 # What a measure consumes from a checkpoint.
 FEATURES = 'features'            # [N, D] pooled pre-logits.
@@ -83,6 +92,13 @@ _register('nce', nce, SOURCE_LABELS)
 _register('nleep', nleep, FEATURES)
 _register('linear_probe', linear_probe, FEATURES)
 _register('knn', knn, FEATURES)
+_register('logme', logme, FEATURES)
+_register('h_score', h_score, FEATURES)
+_register('shrinkage_h_score', shrinkage_h_score, FEATURES)
+_register('gbc', gbc, FEATURES)
+_register('transrate', transrate, FEATURES)
+_register('sfda', sfda, FEATURES)
+_register('parc', parc, FEATURES)
 
 
 def names() -> list[str]:
@@ -110,6 +126,7 @@ def get(spec: str) -> Measure:
 
 
 __all__ = [
-    'FEATURES', 'SOURCE_PROBS', 'SOURCE_LABELS', 'Measure', 'NLEEPResult', 'get', 'knn', 'leep',
-    'linear_probe', 'names', 'nce', 'nleep', 'nleep_batch', 'nleep_fit',
+    'FEATURES', 'SOURCE_PROBS', 'SOURCE_LABELS', 'LogMEResult', 'Measure', 'NLEEPResult', 'gbc',
+    'get', 'h_score', 'knn', 'leep', 'linear_probe', 'logme', 'logme_fit', 'names', 'nce', 'nleep',
+    'nleep_batch', 'nleep_fit', 'parc', 'sfda', 'shrinkage_h_score', 'transrate',
 ]
