@@ -11,10 +11,13 @@ reference in `measures_reference.py`, which must return the same number (the dif
 printed). ratio = NumPy time / JAX time: above 1 means JAX is faster.
 
 Add a measure with one row in `MEASURES`: (name, jax_fn, reference_fn), both called as
-fn(features, labels) with float32 features [N, D] and int labels [N].
+fn(features, labels) with float32 features [N, D] and int labels [N]. A reference may carry a
+`prepare(features, labels)` attribute, called once before its timing (PARC's reference uses it to
+draw, with JAX, the subsample the JAX measure scores).
 """
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -25,9 +28,30 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from ckpt_rank.measures import _gbc
 from ckpt_rank.measures import _hscore
 from ckpt_rank.measures import _logme
+from ckpt_rank.measures import _parc
+from ckpt_rank.measures import _sfda
+from ckpt_rank.measures import _transrate
 import measures_reference as ref
+
+
+@functools.lru_cache(maxsize=None)
+def _parc_subsample(num_examples):
+  """The [M] indices `_parc.parc` draws with its default key and max_samples, as NumPy."""
+  return np.asarray(_parc.subsample_indices(jax.random.key(0), num_examples,
+                                            _parc.DEFAULT_MAX_SAMPLES))
+
+
+def parc_reference(features, labels):
+  """`ref.parc_numpy` on the subsample the JAX measure scores (its default key)."""
+  index = _parc_subsample(len(labels))
+  return ref.parc_numpy(features[index], labels[index])
+
+
+# Drawing the subsample runs (and, the first time, compiles) JAX code: done before the timing.
+parc_reference.prepare = lambda features, labels: _parc_subsample(len(labels))
 
 # (name, JAX measure, NumPy reference). Names with a '/' compare the same measure against a
 # second reference.
@@ -37,6 +61,12 @@ MEASURES = (
     ('h_score', _hscore.h_score, ref.h_score_pinv),
     ('h_score/eigh-ref', _hscore.h_score, ref.h_score_eigh),
     ('shrinkage_h_score', _hscore.shrinkage_h_score, ref.shrinkage_h_score_sklearn),
+    ('gbc', _gbc.gbc, ref.gbc_numpy),
+    ('gbc_diagonal', functools.partial(_gbc.gbc, gaussian_type='diagonal'),
+     ref.gbc_diagonal_numpy),
+    ('transrate', _transrate.transrate, ref.transrate_numpy),
+    ('sfda', _sfda.sfda, ref.sfda_numpy),
+    ('parc', _parc.parc, parc_reference),
 )
 
 
@@ -81,6 +111,9 @@ def main():
     start = time.perf_counter()
     jax.block_until_ready(jax_fn(features, labels))
     first = time.perf_counter() - start
+    prepare = getattr(ref_fn, 'prepare', None)
+    if prepare is not None:  # Untimed set-up of the reference, e.g. PARC's subsample.
+      prepare(features, labels)
     # pylint: disable=cell-var-from-loop
     jax_s, value = timed(lambda: jax_fn(features, labels), args.repeats)
     ref_s, ref_value = timed(lambda: ref_fn(features, labels), args.repeats)

@@ -4,11 +4,16 @@ Each is what a careful NumPy user would run: float64, the public copies' algorit
 errors MEASURES.md lists fixed so that the numbers agree with `ckpt_rank.measures`. Where the
 public algorithm uses a slower decomposition than needed (LogME's SVD of F^T F, H-score's
 `pinv`, an SVD), an `*_eigh` variant with the symmetric eigensolver is given too, so that the
-benchmark can show both ratios. The tests keep their own, independent references.
+benchmark can show both ratios. The tests keep their own, independent references; those of
+GBC, TransRate, SFDA and PARC are copied here as they are (see the note above `gbc_numpy`).
 """
 
 import numpy as np
+from scipy import linalg
+from scipy import stats
 from sklearn import covariance
+from sklearn import decomposition
+from sklearn import preprocessing
 
 
 def _logme_from_spectrum(sigma, proj, counts, n, d, max_iters=1000, tol=1e-10):
@@ -127,3 +132,122 @@ def shrinkage_h_score_sklearn(features, labels):
   lw = covariance.LedoitWolf().fit(f)
   between = (1 - lw.shrinkage_) * _between_class_cov(f, labels)
   return float(np.trace(np.linalg.pinv(lw.covariance_, hermitian=True) @ between))
+
+
+# The references below are copies of the tests' independent references (tests/measures/*_test.py;
+# the benchmark must not import test modules). They follow the papers' textbook steps rather than
+# the fastest NumPy route (GBC: full-covariance Bhattacharyya distances per class pair; SFDA:
+# `scipy.linalg.eigh` of the generalised eigenproblem), so their ratios favour JAX somewhat.
+
+
+def _bhattacharyya_distance(mean1, cov1, mean2, cov2):
+  """The textbook distance between N(mean1, cov1) and N(mean2, cov2)."""
+  cov = (cov1 + cov2) / 2
+  diff = mean1 - mean2
+  _, logdet = np.linalg.slogdet(cov)
+  _, logdet1 = np.linalg.slogdet(cov1)
+  _, logdet2 = np.linalg.slogdet(cov2)
+  return diff @ np.linalg.solve(cov, diff) / 8 + 0.5 * (logdet - 0.5 * (logdet1 + logdet2))
+
+
+def gbc_numpy(features, labels, *, pca_dim=64, gaussian_type='spherical'):
+  """GBC: PCA by SVD, one Gaussian per class (variance floor 1e-4), -sum exp(-distance)."""
+  x = np.asarray(features, np.float64)
+  x = x - x.mean(0)
+  k = min(pca_dim, *x.shape)
+  reduced = x @ np.linalg.svd(x, full_matrices=False)[2][:k].T
+  gaussians = []
+  for c in np.unique(labels):
+    rows = reduced[labels == c]
+    var = np.maximum(rows.var(0), 1e-4)
+    cov = np.eye(k) * var.mean() if gaussian_type == 'spherical' else np.diag(var)
+    gaussians.append((rows.mean(0), cov))
+  return float(-sum(np.exp(-_bhattacharyya_distance(*a, *b))
+                    for i, a in enumerate(gaussians) for j, b in enumerate(gaussians) if i != j))
+
+
+def gbc_diagonal_numpy(features, labels):
+  """`gbc_numpy` with diagonal class covariances."""
+  return gbc_numpy(features, labels, gaussian_type='diagonal')
+
+
+def _coding_rate(z, eps):
+  n, d = z.shape
+  return 0.5 * np.linalg.slogdet(np.eye(d) + d / (n * eps) * z.T @ z)[1]
+
+
+def transrate_numpy(features, labels, eps=1e-4):
+  """R(Z) - sum_c (n_c / n) R(Z_c), with D x D log-determinants of the centred features."""
+  z = np.asarray(features, np.float64)
+  z = z - z.mean(0)
+  classes = np.unique(labels)
+  rates = np.array([_coding_rate(z[labels == c], eps) for c in classes])
+  weights = np.array([np.mean(labels == c) for c in classes])
+  return float(_coding_rate(z, eps) - weights @ rates)
+
+
+def _shrunk(cov, shrinkage):
+  d = cov.shape[0]
+  return (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
+
+
+def _power_iteration(matrix, rounds=3):
+  x = matrix.sum(1)
+  for _ in range(rounds):
+    y = matrix @ x
+    y /= np.linalg.norm(y)
+    x = matrix @ y
+    x /= np.linalg.norm(x)
+  return x @ matrix @ y
+
+
+def _fisher_posteriors(x, labels, shrinkage):
+  """Fits the regularised Fisher discriminant by scipy.linalg.eigh(S_b, S_w') and predicts."""
+  classes = np.unique(labels)
+  priors = np.array([np.mean(labels == c) for c in classes])
+  means = np.stack([x[labels == c].mean(0) for c in classes])
+  within = sum(p * np.cov(x[labels == c].T, bias=True) for p, c in zip(priors, classes))
+  if shrinkage is None:
+    shrinkage = np.exp(-5 * _power_iteration(within))
+  within_s = _shrunk(within, shrinkage)
+  between = _shrunk(np.cov(x.T, bias=True), shrinkage) - within_s
+  _, vecs = linalg.eigh(between, within_s)
+  coef = means @ vecs @ vecs.T
+  logits = x @ coef.T - 0.5 * np.sum(means * coef, 1) + np.log(priors)
+  logits -= logits.max(1, keepdims=True)
+  probs = np.exp(logits)
+  return probs / probs.sum(1, keepdims=True), means, shrinkage
+
+
+def sfda_numpy(features, labels, shrinkage=None):
+  """SFDA: Fisher fit, ConfMix self-challenge, refit, mean probability of the true class.
+
+  Assumes labels 0..C-1 all present (ConfMix indexes the class means by label).
+  """
+  x = np.array(features, np.float64)  # A copy: ConfMix below writes into it.
+  probs, means, shrinkage = _fisher_posteriors(x, labels, shrinkage)
+  soft = np.exp(probs) / np.exp(probs).sum(1, keepdims=True)
+  for c in np.unique(labels):
+    rows = labels == c
+    p = soft[rows, c][:, None]
+    x[rows] = p * x[rows] + (1 - p) * means[c]
+  probs, _, _ = _fisher_posteriors(x, labels, shrinkage)
+  return float(probs[np.arange(len(labels)), labels].mean())
+
+
+def parc_numpy(features, labels, pca_dim=32):
+  """PARC on all given rows: scikit-learn PCA + StandardScaler, 1 - corrcoef, scipy spearmanr.
+
+  No subsampling here: the caller passes the subsample the JAX measure uses.
+  """
+  x = np.asarray(features, np.float64)
+  k = min(pca_dim, *x.shape)
+  x = decomposition.PCA(n_components=k, svd_solver='full').fit_transform(x)
+  x = preprocessing.StandardScaler().fit_transform(x)
+  onehot = np.eye(labels.max() + 1)[labels]
+  upper = np.triu_indices(len(labels), 1)
+  feature_rdm = (1 - np.corrcoef(x))[upper]
+  # Rounded: the two exact values (0 and C / (C - 1)) come out of corrcoef with rounding noise,
+  # which spearmanr would otherwise rank as distinct values (the paper's code does).
+  label_rdm = np.round(1 - np.corrcoef(onehot), 8)[upper]
+  return float(100 * stats.spearmanr(feature_rdm, label_rdm)[0])
