@@ -16,15 +16,23 @@ Here:
   step; no augmentation (VTAB's default for its fine-tuning sweeps);
 - batches are drawn without replacement from successive permutations of the training set, from a
   NumPy generator seeded by `seed` (recorded with the result);
-- one `jax.jit` train step and one eval step per (architecture, input shape, batch size).
+- one `jax.jit` train step and one eval step per (architecture, input shape, batch size,
+  momentum, weight decay): the learning rate of each step is computed on the host from
+  `schedule(settings)` and passed in, so a sweep over learning rates and step budgets compiles once;
+- `snapshot_steps` keeps the model after those steps as complete variables of the checkpoint's own
+  architecture built with `num_classes=C` (the new head written into the architecture's head), so
+  `checkpoints.save_flax` turns a snapshot into a source-trained checkpoint with a head.
 
 TF-Hub checkpoints are not fine-tuned here (their weights are not JAX arrays); see `README.md`.
+
+The ground-truth binary for a benchmark config lives in `ckpt_rank.finetune_main`; run it as
+  python -m ckpt_rank.finetune --config=experiments/offline_benchmark.py --workdir=DIR
 """
 
 import dataclasses
 import functools
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax
 import flax.linen as nn
@@ -127,6 +135,9 @@ class Result:
   train_loss: tuple[float, ...]  # Mean training loss over successive tenths of the run.
   seconds: float
   compile_seconds: float
+  # Step -> complete variables (NumPy) of the architecture with num_classes=C; see `finetune`.
+  snapshots: Mapping[int, Any] = dataclasses.field(default_factory=dict, compare=False,
+                                                   repr=False)
 
   def to_json(self) -> dict[str, Any]:
     return {'settings': dataclasses.asdict(self.settings), 'accuracy': self.accuracy,
@@ -134,14 +145,26 @@ class Result:
             'compile_seconds': self.compile_seconds}
 
 
+def momentum_without_schedule(settings: Settings) -> optax.GradientTransformation:
+  """`optimizer(settings)` before its learning rate: updates x -schedule(settings)(t) equal it."""
+  return optax.chain(optax.add_decayed_weights(settings.weight_decay),
+                     optax.trace(decay=settings.momentum))
+
+
 @functools.lru_cache(maxsize=16)
 def _steps(model: nn.Module, input_size: int, mean: tuple[float, ...], std: tuple[float, ...],
-           tx_settings: Settings):
-  """Jitted (train_step, eval_step) for one model, preprocessing and optimiser."""
-  from ckpt_rank.models import pretrained  # pylint: disable=g-import-not-at-top
-  tx = optimizer(tx_settings)
+           momentum: float, weight_decay: float):
+  """Jitted (optimizer, train_step, eval_step) for one model, preprocessing and optimiser.
 
-  def train_step(params, batch_stats, opt_state, images, labels, key):
+  The optimiser is `optimizer(settings)` with its schedule factored out: optax.sgd scales the
+  momentum trace by the step's learning rate, which is linear, so passing that rate in as an
+  argument gives the same updates and one compilation serves every learning rate and step budget.
+  """
+  from ckpt_rank.models import pretrained  # pylint: disable=g-import-not-at-top
+  tx = momentum_without_schedule(Settings(learning_rate=1.0, steps=1, momentum=momentum,
+                                          weight_decay=weight_decay))
+
+  def train_step(params, batch_stats, opt_state, images, labels, key, learning_rate):
     x = pretrained.preprocess(images, input_size, mean, std)
 
     def loss_fn(p):
@@ -152,6 +175,7 @@ def _steps(model: nn.Module, input_size: int, mean: tuple[float, ...], std: tupl
 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: -learning_rate * u, updates)
     return optax.apply_updates(params, updates), new_stats, opt_state, loss
 
   def eval_step(params, batch_stats, images):
@@ -159,12 +183,63 @@ def _steps(model: nn.Module, input_size: int, mean: tuple[float, ...], std: tupl
     logits = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
     return {'logits': logits}
 
-  return jax.jit(train_step, donate_argnums=(0, 1, 2)), jax.jit(eval_step)
+  return tx, jax.jit(train_step, donate_argnums=(0, 1, 2)), jax.jit(eval_step)
+
+
+def head_paths(module: nn.Module, input_size: int, num_classes: int) -> dict[str, tuple]:
+  """Where an architecture keeps its classifier: {'kernel': path, 'bias': path} in its params.
+
+  The head is what `module` has with `num_classes` outputs and lacks with `num_classes=0`; it must
+  be exactly one Dense layer's kernel [D, C] and bias [C], and nothing else may differ.
+
+  Raises:
+    ValueError: the difference is not one Dense kernel and bias.
+  """
+  dummy = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
+
+  def shapes(m):
+    tree = jax.eval_shape(lambda x: m.init(jax.random.key(0), x, train=False), dummy)
+    return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
+
+  name = type(module).__name__
+  with_head = shapes(module.clone(num_classes=num_classes))
+  without = shapes(module.clone(num_classes=0))
+  extra = sorted(set(with_head) - set(without))
+  missing = sorted(set(without) - set(with_head))
+  kernels = [p for p in extra if p[-1] == 'kernel' and p[0] == 'params']
+  biases = [p for p in extra if p[-1] == 'bias' and p[0] == 'params']
+  if (missing or len(extra) != 2 or len(kernels) != 1 or len(biases) != 1
+      or kernels[0][:-1] != biases[0][:-1]
+      or len(with_head[kernels[0]].shape) != 2 or with_head[kernels[0]].shape[1] != num_classes
+      or tuple(with_head[biases[0]].shape) != (num_classes,)):
+    raise ValueError(
+        f'Architecture {name}: its head (the variables present with num_classes={num_classes} '
+        f'and absent with num_classes=0) must be one Dense kernel [D, {num_classes}] and bias '
+        f'[{num_classes}]; the difference is {["/".join(p) for p in extra]} added and '
+        f'{["/".join(p) for p in missing]} removed.')
+  for path, leaf in without.items():
+    if tuple(with_head[path].shape) != tuple(leaf.shape):
+      raise ValueError(f'Architecture {name}: {"/".join(path)} changes shape with num_classes.')
+  return {'kernel': kernels[0], 'bias': biases[0]}
+
+
+def _snapshot(paths: Mapping[str, tuple], params, batch_stats) -> dict[str, Any]:
+  """`_NewHead` (params, batch_stats) -> the architecture's own variables, head included, NumPy.
+
+  Host copies (`np.array` copies), since the train step donates the device buffers.
+  """
+  flat = flax.traverse_util.flatten_dict(
+      {'params': jax.device_get(params['backbone']),
+       'batch_stats': jax.device_get(batch_stats['backbone'])})
+  flat = {k: np.array(v) for k, v in flat.items()}
+  for leaf in ('kernel', 'bias'):
+    flat[paths[leaf]] = np.array(params['new_head'][leaf])
+  return flax.traverse_util.unflatten_dict(flat)
 
 
 def finetune(checkpoint, train_images, train_labels, eval_images, eval_labels, *,
              settings: Settings, num_classes: Optional[int] = None,
-             eval_batch_size: int = 128) -> Result:
+             eval_batch_size: int = 128, snapshot_steps: Sequence[int] = ()) -> Result:
   """Fine-tunes a Flax checkpoint with a new head and returns its accuracy on the eval images.
 
   Args:
@@ -177,12 +252,19 @@ def finetune(checkpoint, train_images, train_labels, eval_images, eval_labels, *
     settings: the recipe's hyper-parameters and seed.
     num_classes: C; default max(label) + 1 over both label sets.
     eval_batch_size: images per evaluation call.
+    snapshot_steps: keep the model after each of these numbers of optimiser steps (each in
+      [1, settings.steps]) in `Result.snapshots`: {step: variables of the checkpoint's
+      architecture built with num_classes=C}, the new head in the architecture's head leaves
+      (`head_paths`), BatchNorm statistics included, as NumPy arrays. Save one with
+      ``checkpoints.save_flax(path, arch=checkpoint.arch, arch_kwargs={**checkpoint.arch_kwargs,
+      'num_classes': C}, variables=..., input_size=..., mean=..., std=...)``.
 
   Returns:
-    `Result` with the held-out accuracy.
+    `Result` with the held-out accuracy (and the snapshots asked for).
 
   Raises:
-    ValueError: a checkpoint that is not a Flax checkpoint, bad images or labels.
+    ValueError: a checkpoint that is not a Flax checkpoint, bad images, labels or snapshot
+      steps, or (with snapshots) an architecture whose head is not one Dense layer.
   """
   if not all(hasattr(checkpoint, a) for a in ('variables', 'module', 'preprocessing')):
     raise ValueError(f'Checkpoint {getattr(checkpoint, "name", checkpoint)!r} is not a Flax '
@@ -199,8 +281,15 @@ def finetune(checkpoint, train_images, train_labels, eval_images, eval_labels, *
   try:
     backbone = checkpoint.module.clone(num_classes=0)
   except TypeError:
-    raise ValueError(f'Checkpoint {checkpoint.name!r}: its module {type(checkpoint.module).__name__} '
+    raise ValueError(f'Checkpoint {checkpoint.name!r}: its module '
+                     f'{type(checkpoint.module).__name__} '
                      'has no num_classes field, so its head cannot be removed.') from None
+  snapshot_steps = sorted({int(k) for k in snapshot_steps})
+  if snapshot_steps and not 1 <= snapshot_steps[0] <= snapshot_steps[-1] <= settings.steps:
+    raise ValueError(f'snapshot_steps must lie in [1, {settings.steps}] (the run\'s steps), got '
+                     f'{snapshot_steps}.')
+  paths = (head_paths(checkpoint.module, checkpoint.input_size, num_classes)
+           if snapshot_steps else None)
   model = _NewHead(backbone, num_classes)
   backbone_vars = _backbone_variables(checkpoint, backbone)
   head = {'kernel': jnp.zeros((checkpoint.feature_dim, num_classes), jnp.float32),
@@ -208,9 +297,13 @@ def finetune(checkpoint, train_images, train_labels, eval_images, eval_labels, *
   params = {'backbone': backbone_vars['params'], 'new_head': head}
   batch_stats = {'backbone': backbone_vars.get('batch_stats', {})}
   prep = checkpoint.preprocessing
-  train_step, eval_step = _steps(model, checkpoint.input_size, tuple(prep['mean']),
-                                 tuple(prep['std']), settings)
-  opt_state = optimizer(settings).init(params)
+  tx, train_step, eval_step = _steps(model, checkpoint.input_size, tuple(prep['mean']),
+                                     tuple(prep['std']), float(settings.momentum),
+                                     float(settings.weight_decay))
+  opt_state = tx.init(params)
+  learning_rates = np.asarray(jax.vmap(schedule(settings))(jnp.arange(settings.steps)),
+                              np.float32)
+  snapshots = {}
 
   rng = np.random.default_rng(settings.seed)
   key = jax.random.key(settings.seed)
@@ -227,11 +320,14 @@ def finetune(checkpoint, train_images, train_labels, eval_images, eval_labels, *
     step_start = time.perf_counter()
     params, batch_stats, opt_state, loss = train_step(
         params, batch_stats, opt_state, train_images[index],
-        jnp.asarray(train_labels[index], jnp.int32), jax.random.fold_in(key, step))
+        jnp.asarray(train_labels[index], jnp.int32), jax.random.fold_in(key, step),
+        learning_rates[step])
     losses.append(loss)
     if step == 0:
       loss.block_until_ready()
       compile_seconds = time.perf_counter() - step_start
+    if step + 1 in snapshot_steps:
+      snapshots[step + 1] = _snapshot(paths, params, batch_stats)
   losses = np.asarray(jax.device_get(losses), np.float64)
   if not np.all(np.isfinite(losses)):
     raise FloatingPointError(
@@ -243,7 +339,8 @@ def finetune(checkpoint, train_images, train_labels, eval_images, eval_labels, *
   accuracy = float(np.mean(np.argmax(logits, axis=1) == eval_labels))
   tenths = [float(chunk.mean()) for chunk in np.array_split(losses, min(10, len(losses)))]
   return Result(settings=settings, accuracy=accuracy, train_loss=tuple(tenths),
-                seconds=time.perf_counter() - start, compile_seconds=compile_seconds)
+                seconds=time.perf_counter() - start, compile_seconds=compile_seconds,
+                snapshots=snapshots)
 
 
 def sweep(checkpoint, train_images, train_labels, eval_images, eval_labels, *,
@@ -266,3 +363,9 @@ def sweep(checkpoint, train_images, train_labels, eval_images, eval_labels, *,
         runs.append(Result(settings, 0.0, (float('nan'),), 0.0, 0.0))
   best = max(runs, key=lambda r: r.accuracy)
   return best, runs
+
+
+if __name__ == '__main__':
+  # `python -m ckpt_rank.finetune`: the flags and the binary live in finetune_main.
+  from ckpt_rank import finetune_main  # pylint: disable=g-import-not-at-top
+  finetune_main.app_main()

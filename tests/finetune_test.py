@@ -81,6 +81,24 @@ class ScheduleTest(parameterized.TestCase):
       w_ref = w_ref - 0.5 * velocity
     np.testing.assert_allclose(np.asarray(w), w_ref, rtol=1e-6)
 
+  def test_train_step_optimizer_is_the_recipe(self):
+    # The train step passes each step's rate in (one compilation per sweep); same updates.
+    settings = finetune.Settings(learning_rate=0.3, steps=12, warmup_steps=3,
+                                 weight_decay=0.01, momentum=0.9)
+    full, bare = finetune.optimizer(settings), finetune.momentum_without_schedule(settings)
+    lr = finetune.schedule(settings)
+    w_full = w_bare = jnp.array([1.0, -2.0, 0.5])
+    s_full, s_bare = full.init(w_full), bare.init(w_bare)
+    rng = np.random.default_rng(0)
+    for t in range(settings.steps):
+      g = jnp.asarray(rng.normal(size=3), jnp.float32)
+      u_full, s_full = full.update(g, s_full, w_full)
+      u_bare, s_bare = bare.update(g, s_bare, w_bare)
+      w_full = optax.apply_updates(w_full, u_full)
+      w_bare = optax.apply_updates(w_bare, -np.float32(lr(t)) * u_bare)
+    np.testing.assert_allclose(np.asarray(w_bare), np.asarray(w_full), rtol=1e-6)
+    self.assertFalse(np.allclose(np.asarray(w_full), [1.0, -2.0, 0.5]))
+
   def test_bad_settings(self):
     with self.assertRaisesRegex(ValueError, 'learning_rate'):
       finetune.Settings(learning_rate=0.0, steps=10)
@@ -140,6 +158,78 @@ class FinetuneTest(absltest.TestCase):
       finetune.finetune(self.ckpt, images[..., :2], labels, *self.test, settings=self.settings)
     with self.assertRaisesRegex(ValueError, 'not a Flax checkpoint'):
       finetune.finetune(object(), images, labels, *self.test, settings=self.settings)
+
+
+class SnapshotTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.ckpt = _checkpoint()
+    cls.train = _quadrant_task(256, 1)
+    cls.test = _quadrant_task(200, 2)
+    # The 40-step run decays at step 20, after the snapshot at 20; the 20-step run's decay
+    # (0.99 * 20 -> 20) is never reached. So both follow the same path for 20 steps.
+    cls.long = finetune.finetune(
+        cls.ckpt, *cls.train, *cls.test, snapshot_steps=(5, 20),
+        settings=finetune.Settings(learning_rate=0.05, steps=40, warmup_steps=5,
+                                   decay_fractions=(0.5,)))
+    cls.short = finetune.finetune(
+        cls.ckpt, *cls.train, *cls.test, snapshot_steps=(20,),
+        settings=finetune.Settings(learning_rate=0.05, steps=20, warmup_steps=5,
+                                   decay_fractions=(0.99,)))
+
+  def _served(self, variables):
+    # The architecture's own module with num_classes=4, served like any checkpoint.
+    return flax_ckpt.FlaxCheckpoint(
+        name='snap', arch='tiny_cnn', arch_kwargs={'num_classes': 4}, variables=variables,
+        input_size=_SIZE, mean=127.5, std=64.0, module_fn=lambda arch, **kw: _TinyCNN(**kw))
+
+  def test_final_snapshot_serves_the_fine_tuned_model(self):
+    served = self._served(self.short.snapshots[20])
+    self.assertTrue(served.has_head)
+    self.assertEqual(served.num_classes, 4)
+    logits = served.logits(self.test[0])
+    self.assertEqual(float(np.mean(logits.argmax(1) == self.test[1])), self.short.accuracy)
+    self.assertGreater(self.short.accuracy, 0.5)  # Chance is 0.25: the head is really in there.
+
+  def test_intermediate_snapshot_is_the_model_at_that_step(self):
+    self.assertEqual(sorted(self.long.snapshots), [5, 20])
+    mid = self._served(self.long.snapshots[20])
+    end = self._served(self.short.snapshots[20])
+    np.testing.assert_allclose(mid.logits(self.test[0]), end.logits(self.test[0]),
+                               rtol=1e-4, atol=1e-4)
+    early = self._served(self.long.snapshots[5])
+    self.assertGreater(np.abs(early.logits(self.test[0]) - end.logits(self.test[0])).max(), 1e-2)
+    # BatchNorm statistics moved away from the checkpoint's.
+    self.assertFalse(np.allclose(self.long.snapshots[20]['batch_stats']['BatchNorm_0']['mean'],
+                                 self.ckpt.variables['batch_stats']['BatchNorm_0']['mean']))
+
+  def test_head_paths(self):
+    paths = finetune.head_paths(_TinyCNN(), _SIZE, 4)
+    self.assertEqual(paths, {'kernel': ('params', 'Dense_0', 'kernel'),
+                             'bias': ('params', 'Dense_0', 'bias')})
+
+    class TwoHeads(nn.Module):
+      num_classes: int = 3
+
+      @nn.compact
+      def __call__(self, x, train=False):
+        out = {'pre_logits': x.mean((1, 2))}
+        if self.num_classes:
+          out['logits'] = nn.Dense(self.num_classes)(nn.Dense(5)(out['pre_logits']))
+        return out
+
+    with self.assertRaisesRegex(ValueError, 'one Dense kernel'):
+      finetune.head_paths(TwoHeads(), _SIZE, 3)
+
+  def test_bad_snapshot_steps(self):
+    with self.assertRaisesRegex(ValueError, 'snapshot_steps'):
+      finetune.finetune(self.ckpt, *self.train, *self.test, snapshot_steps=(0,),
+                        settings=finetune.Settings(learning_rate=0.05, steps=3))
+    with self.assertRaisesRegex(ValueError, 'snapshot_steps'):
+      finetune.finetune(self.ckpt, *self.train, *self.test, snapshot_steps=(4,),
+                        settings=finetune.Settings(learning_rate=0.05, steps=3))
 
 
 if __name__ == '__main__':

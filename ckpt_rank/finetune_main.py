@@ -1,0 +1,277 @@
+r"""Fine-tuning ground truth for a benchmark config: the `python -m ckpt_rank.finetune` binary.
+
+  python -m ckpt_rank.finetune --config=experiments/offline_benchmark.py --workdir=DIR
+
+`run(config, workdir)` builds the pool (`ckpt_rank.pool`, training the source-stage snapshots),
+then for every task in `config.tasks` and every checkpoint of the pool fine-tunes the checkpoint
+on the task's `config.train_role` (`finetune.sweep` over `config.fine_tune.learning_rates` x
+`config.fine_tune.step_budgets`) and measures accuracy on `config.eval_role` (at most
+`config.max_eval_examples` images), images read at `config.image_size` px and the network's
+input size set to it. Each (task, checkpoint) cell is written atomically to
+``DIR/ground_truth/<task>/<checkpoint>.json``: every run of the sweep, the best, the settings and
+seeds, the wall time and the library versions. A cell already written with the same protocol is
+not redone, so an interrupted run resumes where it stopped. TF-Hub checkpoints are not
+fine-tuned (their weights are not JAX arrays): their cells record the reason. Last,
+``DIR/ground_truth.json`` gathers the table {task: {checkpoint: {accuracy, learning_rate, steps,
+...}}} with the command and config that produced it.
+"""
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+
+from ckpt_rank import features as features_lib
+from ckpt_rank import finetune
+from ckpt_rank import pool as pool_lib
+
+FORMAT_VERSION = 1
+TABLE_FILE = 'ground_truth.json'
+# Config fields `run` reads (besides `pool`); others are refused by the locked config itself.
+_FINE_TUNE_FIELDS = ('learning_rates', 'step_budgets', 'batch_size', 'warmup_steps',
+                     'decay_fractions', 'momentum', 'weight_decay', 'seed')
+
+
+def versions() -> dict[str, str]:
+  """Versions of what the numbers depend on."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  return {'python': platform.python_version(), 'jax': jax.__version__,
+          'jaxlib': jaxlib.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
+          'numpy': np.__version__, 'backend': jax.default_backend(),
+          'devices': [str(d) for d in jax.local_devices()], 'cpu_count': os.cpu_count()}
+
+
+def not_fine_tunable(spec: str) -> Optional[str]:
+  """Why the checkpoint of `spec` cannot be fine-tuned here, or None when it can (by its spec,
+  without loading it: TF-Hub modules are slow to load and are never fine-tuned)."""
+  from ckpt_rank.checkpoints import builtin  # pylint: disable=g-import-not-at-top
+  if spec.startswith('tfhub:') or spec.split('(')[0] == builtin.DOG:
+    return ('TF-Hub checkpoint: its weights are TensorFlow variables, not JAX arrays, and '
+            'ckpt_rank.finetune fine-tunes Flax checkpoints only.')
+  return None
+
+
+def _settings_base(ft) -> finetune.Settings:
+  return finetune.Settings(learning_rate=float(ft.learning_rates[0]),
+                           steps=int(ft.step_budgets[0]), batch_size=int(ft.batch_size),
+                           warmup_steps=int(ft.warmup_steps),
+                           decay_fractions=tuple(float(f) for f in ft.decay_fractions),
+                           momentum=float(ft.momentum), weight_decay=float(ft.weight_decay),
+                           seed=int(ft.seed))
+
+
+def check_config(config) -> None:
+  """Raises ValueError naming the first bad or missing field of a finetune config."""
+  from ckpt_rank import data  # pylint: disable=g-import-not-at-top
+  for key in ('pool', 'tasks', 'train_role', 'max_train_examples', 'eval_role',
+              'max_eval_examples', 'image_size', 'data_dir', 'fine_tune'):
+    if key not in config:
+      raise ValueError(f'The config has no field {key!r}; see experiments/offline_benchmark.py.')
+  missing = [k for k in _FINE_TUNE_FIELDS if k not in config.fine_tune]
+  if missing:
+    raise ValueError(f'config.fine_tune lacks {missing}.')
+  if not config.tasks:
+    raise ValueError('config.tasks is empty.')
+  for name in config.tasks:
+    task = data.tasks.get(name)
+    for role in (config.train_role, config.eval_role):
+      task.split(role)  # ValueError lists the task's roles.
+  if int(config.image_size) < 1:
+    raise ValueError(f'config.image_size must be positive, got {config.image_size}.')
+  if not config.fine_tune.learning_rates or not config.fine_tune.step_budgets:
+    raise ValueError('config.fine_tune.learning_rates and step_budgets must be non-empty.')
+  _settings_base(config.fine_tune)  # Settings validates the values.
+  for lr in config.fine_tune.learning_rates:
+    finetune.Settings(learning_rate=float(lr), steps=1)
+  for steps in config.fine_tune.step_budgets:
+    finetune.Settings(learning_rate=1.0, steps=int(steps))
+
+
+def _protocol(config, task: str, spec: str) -> dict[str, Any]:
+  """What a cell's numbers depend on; a cell on disk with another protocol is recomputed."""
+  ft = config.fine_tune
+  protocol = {'format_version': FORMAT_VERSION, 'task': task, 'spec': spec,
+          'train_role': config.train_role, 'max_train_examples': config.max_train_examples,
+          'eval_role': config.eval_role, 'max_eval_examples': config.max_eval_examples,
+          'image_size': int(config.image_size),
+          'learning_rates': [float(x) for x in ft.learning_rates],
+          'step_budgets': [int(x) for x in ft.step_budgets],
+          'base_settings': dataclasses.asdict(_settings_base(ft))}
+  return json.loads(json.dumps(protocol))  # As it reads back from the cell file (no tuples).
+
+
+def cell_path(workdir: str, task: str, checkpoint: str) -> str:
+  return os.path.join(workdir, 'ground_truth', task, f'{checkpoint}.json')
+
+
+def _read_json(path: str) -> Optional[dict[str, Any]]:
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    logging.warning('Unreadable %s: recomputing it.', path)
+    return None
+
+
+def _write_json(path: str, value: Any) -> None:
+  if jax.process_index() != 0:
+    return
+  text = json.dumps(value, indent=2, sort_keys=True, allow_nan=True) + '\n'
+  # pylint: disable-next=protected-access
+  features_lib._atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _summary(cell: dict[str, Any]) -> dict[str, Any]:
+  if cell['status'] == 'skipped':
+    return {'skipped': cell['reason']}
+  best = cell['best']
+  return {'accuracy': best['accuracy'], 'learning_rate': best['settings']['learning_rate'],
+          'steps': best['settings']['steps'], 'batch_size': best['settings']['batch_size'],
+          'seed': best['settings']['seed'], 'num_train': cell['num_train'],
+          'num_eval': cell['num_eval'], 'wall_seconds': cell['wall_seconds']}
+
+
+def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dict[str, Any]:
+  """Computes (or finds) every ground-truth cell of `config` and writes the table.
+
+  Args:
+    config: a config like `experiments/offline_benchmark.py`'s.
+    workdir: the output directory (see the module docstring).
+    command: the command line to record (default: this process's).
+
+  Returns:
+    The contents written to ``workdir/ground_truth.json``.
+  """
+  from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import data  # pylint: disable=g-import-not-at-top
+  check_config(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  data_dir = config.data_dir or None
+  start = time.perf_counter()
+  pool = pool_lib.build_pool(config.pool, workdir, data_dir=data_dir)
+  ft = config.fine_tune
+  base = _settings_base(ft)
+  table = {}
+  computed = 0
+  for task in config.tasks:
+    table[task] = {}
+    examples = None
+    for name, spec in pool:
+      path = cell_path(workdir, task, name)
+      protocol = _protocol(config, task, spec)
+      cell = _read_json(path)
+      if cell is not None and cell.get('protocol') == protocol:
+        table[task][name] = _summary(cell)
+        continue
+      if cell is not None:
+        logging.warning('%s was computed with another protocol; recomputing it.', path)
+      reason = not_fine_tunable(spec)
+      if reason is not None:
+        cell = {'protocol': protocol, 'task': task, 'checkpoint': name, 'status': 'skipped',
+                'reason': reason}
+        _write_json(path, cell)
+        table[task][name] = _summary(cell)
+        continue
+      if examples is None:  # Read once per task, only when some cell needs it.
+        examples = (
+            data.load(task, config.train_role, data_dir=data_dir,
+                      max_examples=config.max_train_examples, image_size=config.image_size),
+            data.load(task, config.eval_role, data_dir=data_dir,
+                      max_examples=config.max_eval_examples, image_size=config.image_size))
+      (train_images, train_labels), (eval_images, eval_labels) = examples
+      cell_start = time.perf_counter()
+      checkpoint = checkpoints.load(spec, input_size=int(config.image_size))
+      if not hasattr(checkpoint, 'arch'):
+        reason = f'{type(checkpoint).__name__} is not a Flax checkpoint; not fine-tunable here.'
+        cell = {'protocol': protocol, 'task': task, 'checkpoint': name, 'status': 'skipped',
+                'reason': reason}
+      else:
+        logging.info('Fine-tuning %s on %s: %d train / %d eval images, lrs %s x steps %s.',
+                     name, task, len(train_labels), len(eval_labels), list(ft.learning_rates),
+                     list(ft.step_budgets))
+        best, runs = finetune.sweep(
+            checkpoint, train_images, train_labels, eval_images, eval_labels,
+            learning_rates=ft.learning_rates, step_budgets=ft.step_budgets, base=base,
+            num_classes=data.tasks.get(task).num_classes)
+        cell = {'protocol': protocol, 'task': task, 'checkpoint': name, 'status': 'done',
+                'fingerprint': checkpoint.fingerprint, 'best': best.to_json(),
+                'runs': [r.to_json() for r in runs], 'num_train': int(len(train_labels)),
+                'num_eval': int(len(eval_labels)),
+                'wall_seconds': time.perf_counter() - cell_start, 'versions': versions()}
+        logging.info('%s on %s: best accuracy %.4f (lr %g, %d steps) in %.0f s.', name, task,
+                     best.accuracy, best.settings.learning_rate, best.settings.steps,
+                     cell['wall_seconds'])
+      computed += 1
+      _write_json(path, cell)
+      table[task][name] = _summary(cell)
+      del checkpoint
+  result = {'format_version': FORMAT_VERSION,
+            'command': list(command) if command is not None else list(sys.argv),
+            'config': json.loads(config.to_json()), 'pool': [list(e) for e in pool],
+            'table': table, 'cells_computed_this_run': computed,
+            'wall_seconds_this_run': time.perf_counter() - start, 'versions': versions()}
+  _write_json(os.path.join(workdir, TABLE_FILE), result)
+  return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """The accuracy table as text: one row per checkpoint, one column per task."""
+  tasks = list(result['table'])
+  names = [n for n, _ in result['pool']]
+  lines = ['checkpoint'.ljust(32) + ''.join(t[:16].rjust(18) for t in tasks)]
+  for name in names:
+    cells = []
+    for task in tasks:
+      entry = result['table'][task][name]
+      cells.append(('skipped' if 'skipped' in entry
+                    else f'{entry["accuracy"]:.4f} ({entry["learning_rate"]:g})').rjust(18))
+    lines.append(name[:32].ljust(32) + ''.join(cells))
+  return '\n'.join(lines)
+
+
+def _define_flags():
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config = config_flags.DEFINE_config_file(
+      'config', None, 'Benchmark config, e.g. experiments/offline_benchmark.py[:runlocal].',
+      lock_config=True)
+  workdir = flags.DEFINE_string('workdir', None,
+                                'Output directory; a rerun with it resumes from its files.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  return config, workdir
+
+
+_CONFIG, _WORKDIR = _define_flags()
+
+
+def argv_all() -> list[str]:
+  return list(sys.argv)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}.')
+  result = run(_CONFIG.value, _WORKDIR.value,
+               command=['python', '-m', 'ckpt_rank.finetune'] + list(argv_all()[1:]))
+  if jax.process_index() == 0:
+    print(format_table(result), flush=True)
+
+
+def app_main():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  app_main()
