@@ -26,7 +26,7 @@ Here:
 TF-Hub checkpoints are not fine-tuned here (their weights are not JAX arrays); see `README.md`.
 
 The ground-truth binary for a benchmark config lives in `ckpt_rank.finetune_main`; run it as
-  python -m ckpt_rank.finetune --config=experiments/offline_benchmark.py --workdir=DIR
+  python -m ckpt_rank.finetune --config=experiments/offline.py --workdir=DIR
 """
 
 import dataclasses

@@ -1,6 +1,6 @@
 r"""Fine-tuning ground truth for a benchmark config: the `python -m ckpt_rank.finetune` binary.
 
-  python -m ckpt_rank.finetune --config=experiments/offline_benchmark.py --workdir=DIR
+  python -m ckpt_rank.finetune --config=experiments/offline.py --workdir=DIR
 
 `run(config, workdir)` builds the pool (`ckpt_rank.pool`, training the source-stage snapshots),
 then for every task in `config.tasks` and every checkpoint of the pool fine-tunes the checkpoint
@@ -10,8 +10,13 @@ on the task's `config.train_role` (`finetune.sweep` over `config.fine_tune.learn
 input size set to it. Each (task, checkpoint) cell is written atomically to
 ``DIR/ground_truth/<task>/<checkpoint>.json``: every run of the sweep, the best, the settings and
 seeds, the wall time and the library versions. A cell already written with the same protocol is
-not redone, so an interrupted run resumes where it stopped. TF-Hub checkpoints are not
-fine-tuned (their weights are not JAX arrays): their cells record the reason. Last,
+not redone, so an interrupted run resumes where it stopped. TF-Hub checkpoints (``tfhub:`` specs
+and the built-ins served through TF-Hub) are fine-tuned by `ckpt_rank.finetune_tf`, the same
+recipe in TensorFlow, at the input size their SavedModel fixes if it fixes one; what it cannot
+train faithfully (TF1 Hub-format modules, signatures, batch norm without a training mode) gets a
+skipped cell with the reason. Their protocol also records the backend and `finetune_tf.VERSION`
+(Flax cells' protocol is unchanged), so TF-Hub cells written before they could be fine-tuned are
+redone. Last,
 ``DIR/ground_truth.json`` gathers the table {task: {checkpoint: {accuracy, learning_rate, steps,
 ...}}} with the command and config that produced it.
 """
@@ -52,13 +57,21 @@ def versions() -> dict[str, str]:
           'devices': [str(d) for d in jax.local_devices()], 'cpu_count': os.cpu_count()}
 
 
-def not_fine_tunable(spec: str) -> Optional[str]:
-  """Why the checkpoint of `spec` cannot be fine-tuned here, or None when it can (by its spec,
-  without loading it: TF-Hub modules are slow to load and are never fine-tuned)."""
+def is_tfhub_spec(spec: str) -> bool:
+  """Whether `spec` loads a TF-Hub checkpoint (fine-tuned by `finetune_tf`), by its spec alone."""
   from ckpt_rank.checkpoints import builtin  # pylint: disable=g-import-not-at-top
-  if spec.startswith('tfhub:') or spec.split('(')[0] == builtin.DOG:
-    return ('TF-Hub checkpoint: its weights are TensorFlow variables, not JAX arrays, and '
-            'ckpt_rank.finetune fine-tunes Flax checkpoints only.')
+  tfhub_builtins = getattr(builtin, 'TFHUB_BUILTINS', (builtin.DOG,))
+  return spec.startswith('tfhub:') or spec.split('(')[0] in tfhub_builtins
+
+
+def not_fine_tunable(spec: str) -> Optional[str]:
+  """Why the checkpoint of `spec` cannot be fine-tuned here judging by its spec, or None.
+
+  Every source is tried now: Flax checkpoints by `finetune`, TF-Hub ones by `finetune_tf`, which
+  can only tell after loading a SavedModel whether it trains faithfully (its skipped cell then
+  records why). So no spec is refused up front.
+  """
+  del spec
   return None
 
 
@@ -77,7 +90,7 @@ def check_config(config) -> None:
   for key in ('pool', 'tasks', 'train_role', 'max_train_examples', 'eval_role',
               'max_eval_examples', 'image_size', 'data_dir', 'fine_tune'):
     if key not in config:
-      raise ValueError(f'The config has no field {key!r}; see experiments/offline_benchmark.py.')
+      raise ValueError(f'The config has no field {key!r}; see experiments/offline.py.')
   missing = [k for k in _FINE_TUNE_FIELDS if k not in config.fine_tune]
   if missing:
     raise ValueError(f'config.fine_tune lacks {missing}.')
@@ -99,7 +112,11 @@ def check_config(config) -> None:
 
 
 def _protocol(config, task: str, spec: str) -> dict[str, Any]:
-  """What a cell's numbers depend on; a cell on disk with another protocol is recomputed."""
+  """What a cell's numbers depend on; a cell on disk with another protocol is recomputed.
+
+  TF-Hub specs add the backend and `finetune_tf.VERSION`; Flax cells' protocol is as it was
+  before TF-Hub checkpoints were fine-tuned, so their finished cells stay valid.
+  """
   ft = config.fine_tune
   protocol = {'format_version': FORMAT_VERSION, 'task': task, 'spec': spec,
           'train_role': config.train_role, 'max_train_examples': config.max_train_examples,
@@ -108,6 +125,9 @@ def _protocol(config, task: str, spec: str) -> dict[str, Any]:
           'learning_rates': [float(x) for x in ft.learning_rates],
           'step_budgets': [int(x) for x in ft.step_budgets],
           'base_settings': dataclasses.asdict(_settings_base(ft))}
+  if is_tfhub_spec(spec):
+    from ckpt_rank import finetune_tf  # pylint: disable=g-import-not-at-top
+    protocol.update(backend='tensorflow', backend_version=finetune_tf.VERSION)
   return json.loads(json.dumps(protocol))  # As it reads back from the cell file (no tuples).
 
 
@@ -141,14 +161,57 @@ def _summary(cell: dict[str, Any]) -> dict[str, Any]:
   return {'accuracy': best['accuracy'], 'learning_rate': best['settings']['learning_rate'],
           'steps': best['settings']['steps'], 'batch_size': best['settings']['batch_size'],
           'seed': best['settings']['seed'], 'num_train': cell['num_train'],
-          'num_eval': cell['num_eval'], 'wall_seconds': cell['wall_seconds']}
+          'num_eval': cell['num_eval'], 'wall_seconds': cell['wall_seconds'],
+          'fingerprint': cell.get('fingerprint', ''),
+          # Every run of the sweep, so that the table alone gives the sweep.
+          'sweep': [{'learning_rate': r['settings']['learning_rate'],
+                     'steps': r['settings']['steps'], 'accuracy': r['accuracy'],
+                     'seconds': r.get('seconds', 0.0)} for r in cell.get('runs', [])]}
+
+
+def _load(config, name: str, spec: str):
+  """Pool checkpoint `name`, loaded exactly as feature extraction loads it
+  (`experiment.load_checkpoint`: at `config.image_size` px with
+  ``config.pool.load_options.<name>``, or at the checkpoint's own input size if it fixes one)."""
+  from ckpt_rank import experiment  # pylint: disable=g-import-not-at-top  (circular)
+  return experiment.load_checkpoint(config, name, spec)
+
+
+def _finetune_tfhub(checkpoint, examples, config, task: str, name: str,
+                    protocol: dict[str, Any], base: finetune.Settings) -> dict[str, Any]:
+  """The cell of a TF-Hub checkpoint: `finetune_tf.sweep`, or skipped with its reason."""
+  from ckpt_rank import data  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import finetune_tf  # pylint: disable=g-import-not-at-top
+  ft = config.fine_tune
+  (train_images, train_labels), (eval_images, eval_labels) = examples
+  logging.info('Fine-tuning %s (TF-Hub, TensorFlow) on %s: %d train / %d eval images, lrs %s x '
+               'steps %s.', name, task, len(train_labels), len(eval_labels),
+               list(ft.learning_rates), list(ft.step_budgets))
+  info = {}
+  try:
+    best, runs = finetune_tf.sweep(
+        checkpoint, train_images, train_labels, eval_images, eval_labels,
+        learning_rates=ft.learning_rates, step_budgets=ft.step_budgets, base=base,
+        num_classes=data.tasks.get(task).num_classes, info=info)
+  except finetune_tf.NotFineTunable as e:
+    logging.warning('%s on %s: skipped: %s', name, task, e)
+    return {'protocol': protocol, 'task': task, 'checkpoint': name, 'status': 'skipped',
+            'reason': str(e), 'fingerprint': checkpoint.fingerprint,
+            'versions': {**versions(), **finetune_tf.versions()}}
+  logging.info('%s on %s: best accuracy %.4f (lr %g, %d steps).', name, task, best.accuracy,
+               best.settings.learning_rate, best.settings.steps)
+  return {'protocol': protocol, 'task': task, 'checkpoint': name, 'status': 'done',
+          'fingerprint': checkpoint.fingerprint, 'best': best.to_json(),
+          'runs': [r.to_json() for r in runs], 'num_train': int(len(train_labels)),
+          'num_eval': int(len(eval_labels)), 'backend': 'tensorflow', 'tf_model': info,
+          'versions': {**versions(), **finetune_tf.versions()}}
 
 
 def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """Computes (or finds) every ground-truth cell of `config` and writes the table.
 
   Args:
-    config: a config like `experiments/offline_benchmark.py`'s.
+    config: a config like `experiments/offline.py`'s.
     workdir: the output directory (see the module docstring).
     command: the command line to record (default: this process's).
 
@@ -193,8 +256,11 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dic
                       max_examples=config.max_eval_examples, image_size=config.image_size))
       (train_images, train_labels), (eval_images, eval_labels) = examples
       cell_start = time.perf_counter()
-      checkpoint = checkpoints.load(spec, input_size=int(config.image_size))
-      if not hasattr(checkpoint, 'arch'):
+      checkpoint = _load(config, name, spec)
+      if isinstance(checkpoint, checkpoints.TFHubCheckpoint):
+        cell = _finetune_tfhub(checkpoint, examples, config, task, name, protocol, base)
+        cell['wall_seconds'] = time.perf_counter() - cell_start
+      elif not hasattr(checkpoint, 'arch'):
         reason = f'{type(checkpoint).__name__} is not a Flax checkpoint; not fine-tunable here.'
         cell = {'protocol': protocol, 'task': task, 'checkpoint': name, 'status': 'skipped',
                 'reason': reason}
@@ -245,7 +311,7 @@ def format_table(result: dict[str, Any]) -> str:
 def _define_flags():
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config = config_flags.DEFINE_config_file(
-      'config', None, 'Benchmark config, e.g. experiments/offline_benchmark.py[:runlocal].',
+      'config', None, 'Benchmark config, e.g. experiments/offline.py[:runlocal].',
       lock_config=True)
   workdir = flags.DEFINE_string('workdir', None,
                                 'Output directory; a rerun with it resumes from its files.')
@@ -253,7 +319,9 @@ def _define_flags():
   return config, workdir
 
 
-_CONFIG, _WORKDIR = _define_flags()
+# Defined when the binary starts (`app_main`), not on import: `ckpt_rank.main` imports this
+# module as a library and defines flags of the same names.
+_CONFIG = _WORKDIR = None
 
 
 def argv_all() -> list[str]:
@@ -270,6 +338,8 @@ def main(argv):
 
 
 def app_main():
+  global _CONFIG, _WORKDIR
+  _CONFIG, _WORKDIR = _define_flags()
   app.run(main)
 
 
