@@ -1,76 +1,69 @@
-"""The offline experiment as a library: `run(config, workdir)`, callable from main, tests and Colab.
+"""The benchmark as a library: `run(config, workdir)`, called by `ckpt_rank.main`, tests and Colab.
 
-Stages, each resumable (a rerun reads what exists instead of recomputing):
+One run ranks the checkpoints of `config.pool` on every task of `config.tasks` with every
+measure of `config.measures`, and judges each measure against fine-tuned accuracy. Stages, each
+writing under the workdir at deterministic paths:
 
-  features      build the checkpoint pool and extract each checkpoint's features (and source
-                logits, where it has a head) on the target train split
-                -> features/index.json, features/<checkpoint>.npz
-  measures      score every checkpoint with every measure (several seeds for measures that take
-                a key) -> measures/<checkpoint>/<measure>.json
-  ground truth  fine-tune every checkpoint on the target task -> ground_truth/<checkpoint>.json
-  ranking       `ranking.evaluate` of each measure's scores against the ground truth
-                -> ranking.json
-  results       everything above, plus config, seeds and versions -> results.json
+  pool          the listed checkpoints plus the source-stage snapshot runs, trained once
+                (`ckpt_rank.pool`) -> pool/
+  features      per (task, checkpoint): pooled pre-logits (and source logits where the
+                checkpoint has a head) on `config.train_role`, the VTAB-1k training set
+                -> features/<task>/<checkpoint>/*.npz (the `features.FeatureCache`) and
+                   features/<task>/<checkpoint>.json (what was extracted, from what)
+  measures      per (task, checkpoint, measure): the score, with every seed
+                -> measures/<task>/<checkpoint>/<measure>.json
+  ground truth  fine-tuned accuracy per (task, checkpoint): read from a committed table
+                (`config.ground_truth.table`, written by `python -m ckpt_rank.finetune`), or, when
+                the table is '', fine-tuned in this run (`finetune_main.run`, same workdir)
+                -> ground_truth/<task>/<checkpoint>.json
+  ranking       per measure, task and checkpoint group (the whole pool and each of
+                `config.pool.groups`): `ranking.evaluate` once per seed, then averaged over tasks
+  results       results.binpb and results.json (`ckpt_rank.protos.results.proto`), report.md and
+                plots/ (`ckpt_rank.report`)
 
-Every file records the inputs it was computed from (`inputs`); a file whose inputs differ from
-the current config's is recomputed and replaced, so one workdir can be reused across config
-edits. Files are written to a temporary name and moved into place with `os.replace`, so an
-interrupted run never leaves a partial file. Only process 0 writes.
+Resuming: every stage file records the inputs it was computed from; a rerun reads a file whose
+inputs match and recomputes (and replaces) one whose inputs differ. A rerun of a finished run
+therefore loads no checkpoint, extracts no features, scores nothing and fine-tunes nothing: it
+only rebuilds results and report from the files. Files are written to a temporary name and
+renamed into place, so an interrupted run never leaves a partial file. Only process 0 writes.
 
-The checkpoint pool and the target task of this offline demo come from scikit-learn's bundled
-`load_digits` (1,797 real 8x8 handwritten digits, no download). Source task: digits in
-`config.data.source_classes`; target task: digits in `config.data.target_classes`, relabelled
-0..C-1 and split into train / test with a seed derived from `config.seed`. The pool:
-
-* snapshots of one small MLP (one ReLU hidden layer) trained on the source task by scikit-learn's
-  `MLPClassifier.partial_fit`, one epoch per call, kept after the epochs in
-  `config.checkpoints.snapshot_epochs`: features are the hidden activations, source logits the
-  output layer;
-* the same MLP at random initialisation (scikit-learn's Glorot-uniform scheme, never trained): a
-  control with a random head;
-* raw pixels: no head, so LEEP and NCE are skipped for it (the reason is recorded).
-
-Ground truth of this demo (not the paper's VTAB fine-tuning): each checkpoint's hidden layer gets
-a new zero-initialised head for the target classes and all weights are trained by full-batch SGD
-with momentum on the target train split; for raw pixels the same trainer fits a logistic
-regression on the pixels. The best test accuracy over `config.fine_tune.learning_rates` is kept.
+Determinism: measures that take a key get `config.measure_seeds` seeds derived from
+`config.seed` (`derive_seed`); the seeds are in every score file and in the results.
 """
 
-import functools
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import re
-import tempfile
 import time
-from typing import Any, Callable, Optional
-import warnings
+from typing import Any, Callable, Mapping, Optional, Sequence
 import zlib
 
 from absl import logging
+from google.protobuf import json_format
 import jax
-from jax import lax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
-import scipy
-import sklearn
-from sklearn import datasets
-from sklearn import neural_network
-import threadpoolctl
 
 from ckpt_rank import config_lib
-from ckpt_rank import measures
-from ckpt_rank import ranking
+from ckpt_rank import features as features_lib
+from ckpt_rank import measures as measures_lib
+from ckpt_rank import pool as pool_lib
+from ckpt_rank import preflight as preflight_lib
+from ckpt_rank import report as report_lib
+from ckpt_rank import results as results_lib
+from ckpt_rank.protos import results_pb2
 
-DATASETS = ('sklearn_digits',)
+# Bump when the meaning of a stage file changes; it is part of every stage file's inputs.
+FORMAT_VERSION = 1
+
+# Fields of a ground-truth table's config that must equal the run's for the table to apply.
+_GROUND_TRUTH_FIELDS = ('image_size', 'train_role', 'max_train_examples', 'eval_role',
+                        'max_eval_examples', 'fine_tune')
+ALL_CHECKPOINTS = ''  # The group name of the whole pool in `RankingEvaluation.group`.
 
 
 # ----------------------------------------------------------------------------------------------
-# Seeds, JSON and atomic, resumable files.
+# Seeds and files.
 # ----------------------------------------------------------------------------------------------
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -79,64 +72,16 @@ def derive_seed(seed: int, purpose: str) -> int:
   return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def _jsonable(value: Any) -> Any:
-  """Plain JSON data: NumPy / JAX scalars and arrays to Python, tuples to lists, NaN/inf to None."""
-  if isinstance(value, dict) or isinstance(value, ml_collections.ConfigDict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, (jax.Array, np.ndarray)):
-    return _jsonable(np.asarray(value).tolist())
-  if isinstance(value, (bool, np.bool_)):
-    return bool(value)
-  if isinstance(value, (int, np.integer)):
-    return int(value)
-  if isinstance(value, (float, np.floating)):
-    value = float(value)
-    return value if np.isfinite(value) else None
-  return value
+def measure_seeds(config, measure: measures_lib.Measure) -> list[int]:
+  """The seeds of `measure` in this config: [] for a deterministic measure."""
+  if not measure.uses_key:
+    return []
+  return [derive_seed(config.seed, f'measure/{measure.name}/{i}')
+          for i in range(int(config.measure_seeds))]
 
 
 def _is_writer() -> bool:
   return jax.process_index() == 0
-
-
-def _atomic_write(path: str, write: Callable[[Any], None], binary: bool) -> None:
-  """Writes through `write(file)` into a temporary file beside `path`, then renames it."""
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, 'wb' if binary else 'w') as f:
-      write(f)
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
-
-
-def _write_json(path: str, data: dict) -> None:
-  if _is_writer():
-    _atomic_write(path, lambda f: json.dump(data, f, indent=1, allow_nan=False), binary=False)
-
-
-def _read_json(path: str) -> Optional[dict]:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def _cached(path: str, inputs: dict, compute: Callable[[], dict]) -> dict:
-  """The stage file at `path` if it was computed from `inputs`; else computes and writes it."""
-  inputs = _jsonable(inputs)
-  stored = _read_json(path)
-  if stored is not None and stored.get('inputs') == inputs:
-    return stored
-  data = {'inputs': inputs, **_jsonable(compute())}
-  _write_json(path, data)
-  return data
 
 
 def _file_slug(text: str) -> str:
@@ -145,163 +90,162 @@ def _file_slug(text: str) -> str:
   return f'{readable}-{hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]}'
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: source and target tasks from scikit-learn's bundled digits.
-# ----------------------------------------------------------------------------------------------
-
-class DigitsTasks:
-  """Source task (all its examples) and target task (train / test split) from `load_digits`.
-
-  Pixels are scaled from [0, 16] to [0, 1] (float32, [N, 64]); labels are positions in the
-  class lists.
-  """
-
-  def __init__(self, data_config: ml_collections.ConfigDict, seed: int):
-    digits = datasets.load_digits()
-    images = (digits.data / 16.0).astype(np.float32)
-    source_classes = [int(c) for c in data_config.source_classes]
-    target_classes = [int(c) for c in data_config.target_classes]
-    if set(source_classes) & set(target_classes):
-      raise ValueError(f'config.data: source classes {source_classes} and target classes '
-                       f'{target_classes} overlap.')
-    self.source_classes, self.target_classes = source_classes, target_classes
-
-    in_source = np.isin(digits.target, source_classes)
-    self.source_x = images[in_source]
-    self.source_y = np.searchsorted(source_classes, digits.target[in_source]).astype(np.int32)
-    if sorted(source_classes) != source_classes or sorted(target_classes) != target_classes:
-      raise ValueError('config.data: list source_classes and target_classes in increasing order.')
-
-    in_target = np.isin(digits.target, target_classes)
-    target_x = images[in_target]
-    target_y = np.searchsorted(target_classes, digits.target[in_target]).astype(np.int32)
-    self.split_seed = derive_seed(seed, 'data/target_split')
-    order = np.random.default_rng(self.split_seed).permutation(len(target_y))
-    num_test = int(round(data_config.target_test_fraction * len(target_y)))
-    test, rest = order[:num_test], order[num_test:]
-    per_class = data_config.target_train_per_class
-    if per_class is None:
-      train = rest
-    else:
-      train = []
-      for c in range(len(target_classes)):
-        of_class = rest[target_y[rest] == c]
-        if len(of_class) < per_class:
-          raise ValueError(f'config.data.target_train_per_class = {per_class}, but digit '
-                           f'{target_classes[c]} has only {len(of_class)} examples outside the '
-                           'test split.')
-        train.append(of_class[:per_class])
-      train = np.concatenate(train)
-    train, test = np.sort(train), np.sort(test)
-    self.train_x, self.train_y = target_x[train], target_y[train]
-    self.test_x, self.test_y = target_x[test], target_y[test]
-
-  def describe(self) -> dict:
-    return {
-        'dataset': 'sklearn_digits (sklearn.datasets.load_digits, 8x8 images, pixels / 16)',
-        'source_classes': self.source_classes, 'target_classes': self.target_classes,
-        'num_source': len(self.source_y), 'num_target_train': len(self.train_y),
-        'num_target_test': len(self.test_y), 'target_split_seed': self.split_seed,
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints: weights and the features they give.
-# ----------------------------------------------------------------------------------------------
-
-def hidden_features(weights: dict, x: np.ndarray) -> np.ndarray:
-  """[N, D] features of a checkpoint: the ReLU hidden layer, or the pixels when it has none."""
-  if 'w1' not in weights:
-    return np.asarray(x, np.float32)
-  return np.maximum(x @ weights['w1'] + weights['b1'], 0).astype(np.float32)
-
-
-def source_logits(weights: dict, x: np.ndarray) -> Optional[np.ndarray]:
-  """[N, Cs] logits of the checkpoint's source classifier, or None when it has no head."""
-  if 'w2' not in weights:
+def _read_json(path: str) -> Optional[dict[str, Any]]:
+  """The JSON object at `path`, or None when there is none or it does not parse (then logged)."""
+  if not os.path.isfile(path):
     return None
-  return (hidden_features(weights, x) @ weights['w2'] + weights['b2']).astype(np.float32)
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    logging.warning('Unreadable stage file %s (%s): recomputing it.', path, e)
+    return None
 
 
-def _glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int):
-  # scikit-learn's MLP initialisation for ReLU nets: weights and biases ~ U(-b, b) with
-  # b = sqrt(6 / (fan_in + fan_out)).
-  bound = np.sqrt(6.0 / (fan_in + fan_out))
-  return (rng.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32),
-          rng.uniform(-bound, bound, fan_out).astype(np.float32))
+def _write_json(path: str, value: Mapping[str, Any]) -> None:
+  if not _is_writer():
+    return
+  text = json.dumps(results_lib.jsonable(value), indent=1, sort_keys=True, allow_nan=False)
+  features_lib._atomic_write(  # pylint: disable=protected-access
+      path, lambda f: f.write(text.encode('utf-8') + b'\n'))
 
 
-def build_checkpoints(checkpoint_config: ml_collections.ConfigDict, tasks: DigitsTasks,
-                      seed: int) -> list[tuple[str, dict, dict]]:
-  """Builds the checkpoint pool.
+def _stored(path: str, inputs: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+  """The stage file at `path` when it was computed from `inputs`, else None."""
+  stored = _read_json(path)
+  if stored is None:
+    return None
+  if stored.get('inputs') != results_lib.jsonable(inputs):
+    logging.info('%s was computed from other inputs: recomputing it.', path)
+    return None
+  return stored
+
+
+# ----------------------------------------------------------------------------------------------
+# Config.
+# ----------------------------------------------------------------------------------------------
+
+def _groups(config) -> dict[str, dict[str, Any]]:
+  groups = config.pool.get('groups') or {}
+  return {name: {'description': str(g.get('description', '')),
+                 'checkpoints': list(g['checkpoints'])} for name, g in groups.items()}
+
+
+def check_config(config) -> list[measures_lib.Measure]:
+  """Validates an experiment config before any work; returns its resolved measures.
+
+  Raises:
+    ValueError: (`preflight.PreflightError`) listing every missing or bad field, each named.
+  """
+  preflight_lib.validate_config(config)
+  return config_lib.validate_measures(config.measures)
+
+
+def resolve_path(path: str) -> str:
+  """`path` as given when it exists; a relative one is also tried from the repository root."""
+  path = os.path.expanduser(path)
+  if os.path.isabs(path) or os.path.exists(path):
+    return os.path.abspath(path)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return os.path.join(root, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ground truth.
+# ----------------------------------------------------------------------------------------------
+
+def _snapshot_free(spec: str) -> bool:
+  return not spec.startswith('flax:')
+
+
+def load_ground_truth_table(path: str, config, pool: Sequence[tuple[str, str]]
+                            ) -> dict[str, dict[str, dict[str, Any]]]:
+  """The committed ground truth {task: {checkpoint: entry}} of `config`, checked against it.
+
+  Args:
+    path: a `ground_truth.json` written by `python -m ckpt_rank.finetune` (repository-relative
+      paths are resolved).
+    config: the experiment config.
+    pool: the run's [(name, spec)].
 
   Returns:
-    [(name, weights, info)]: weights maps 'w1', 'b1' (hidden layer) and 'w2', 'b2' (source head)
-    to float32 arrays, any of them absent where the checkpoint lacks that layer; info describes
-    how it was made.
+    {task: {checkpoint: entry}}; an entry is `finetune_main`'s summary ({'accuracy',
+    'learning_rate', 'steps', ...}) or {'skipped': reason}.
+
+  Raises:
+    FileNotFoundError: no table at `path`.
+    ValueError: a table that does not parse, was produced under another protocol (the field is
+      named), or lacks a (task, checkpoint) of this run.
   """
-  hidden = int(checkpoint_config.hidden_units)
-  num_source_classes = len(tasks.source_classes)
-  dim = tasks.source_x.shape[1]
-  pool = []
+  resolved = resolve_path(path)
+  if not os.path.isfile(resolved):
+    raise FileNotFoundError(f'config.ground_truth.table: no file at {path!r} (resolved to '
+                            f'{resolved}). Produce it with `python -m ckpt_rank.finetune '
+                            f'--config=<this config> --workdir=DIR` and point the field at '
+                            f'DIR/ground_truth.json, or set it to "" to fine-tune in this run.')
+  try:
+    with open(resolved, encoding='utf-8') as f:
+      table = json.load(f)
+    table_config, cells = table['config'], table['table']
+  except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+    raise ValueError(f'{resolved} is not a ground-truth table written by ckpt_rank.finetune '
+                     f'({type(e).__name__}: {e}).') from None
+  regenerate = (f'The table at {resolved} does not match this config; regenerate it with the '
+                f'command in its "command" field (or the config docstring)')
+  ours = results_lib.jsonable(config.to_dict())
+  for field in _GROUND_TRUTH_FIELDS:
+    if table_config.get(field) != ours.get(field):
+      raise ValueError(f'{regenerate}: config.{field} is {ours.get(field)!r} here but '
+                       f'{table_config.get(field)!r} in the table.')
+  if (table_config.get('pool', {}).get('snapshots') or {}) != (
+      ours['pool'].get('snapshots') or {}):
+    raise ValueError(f'{regenerate}: config.pool.snapshots differ (the snapshots fine-tuned for '
+                     'the table were trained differently).')
+  table_specs = {name: spec for name, spec in table.get('pool', [])}
+  result = {}
+  for task in config.tasks:
+    if task not in cells:
+      raise ValueError(f'{regenerate}: it has no task {task!r} (it has {sorted(cells)}).')
+    result[task] = {}
+    for name, spec in pool:
+      if name not in cells[task]:
+        raise ValueError(f'{regenerate}: it has no checkpoint {name!r} on {task!r}.')
+      if _snapshot_free(spec) and table_specs.get(name, spec) != spec:
+        raise ValueError(f'{regenerate}: checkpoint {name!r} is {spec!r} here but '
+                         f'{table_specs[name]!r} in the table.')
+      result[task][name] = cells[task][name]
+  return result
 
-  if checkpoint_config.random_init:
-    init_seed = derive_seed(seed, 'checkpoints/random_init')
-    rng = np.random.default_rng(init_seed)
-    w1, b1 = _glorot_uniform(rng, dim, hidden)
-    w2, b2 = _glorot_uniform(rng, hidden, num_source_classes)
-    pool.append((f'mlp{hidden}_random_init', {'w1': w1, 'b1': b1, 'w2': w2, 'b2': b2},
-                 {'kind': 'random_init', 'epochs': 0, 'init_seed': init_seed}))
 
-  epochs = sorted({int(e) for e in checkpoint_config.snapshot_epochs})
-  if epochs and epochs[0] < 1:
-    raise ValueError(f'config.checkpoints.snapshot_epochs must be >= 1, got {epochs}.')
-  if epochs:
-    random_state = derive_seed(seed, 'checkpoints/source_mlp')
-    mlp = neural_network.MLPClassifier(
-        hidden_layer_sizes=(hidden,), activation='relu', solver='adam',
-        learning_rate_init=checkpoint_config.learning_rate,
-        batch_size=checkpoint_config.batch_size, random_state=random_state)
-    start = time.perf_counter()
-    # NumPy's multi-threaded BLAS makes these tiny matmuls ~10x slower on a busy 2-core machine.
-    with threadpoolctl.threadpool_limits(limits=1):
-      for epoch in range(1, epochs[-1] + 1):
-        # One epoch per call; the Adam state carries over, so the snapshots lie on one trajectory.
-        mlp.partial_fit(tasks.source_x, tasks.source_y, classes=np.arange(num_source_classes))
-        if epoch in epochs:
-          weights = {'w1': mlp.coefs_[0], 'b1': mlp.intercepts_[0],
-                     'w2': mlp.coefs_[1], 'b2': mlp.intercepts_[1]}
-          weights = {k: np.array(v, np.float32) for k, v in weights.items()}
-          pool.append((f'mlp{hidden}_epoch{epoch:03d}', weights, {
-              'kind': 'source_snapshot', 'epochs': epoch, 'mlp_random_state': random_state,
-              'train_seconds_so_far': time.perf_counter() - start}))
-
-  if checkpoint_config.raw_pixels:
-    pool.append(('pixels', {}, {'kind': 'raw_pixels'}))
-  if len(pool) < 2:
-    raise ValueError(f'config.checkpoints gives {len(pool)} checkpoint(s); ranking needs >= 2.')
-
-  for name, weights, info in pool:
-    logits = source_logits(weights, tasks.source_x)
-    info['has_head'] = logits is not None
-    info['feature_dim'] = int(hidden_features(weights, tasks.source_x[:1]).shape[1])
-    info['source_train_accuracy'] = (
-        None if logits is None else float(np.mean(logits.argmax(-1) == tasks.source_y)))
-  return pool
+def _ground_truth_message(task: str, name: str, entry: Mapping[str, Any],
+                          cell: Optional[Mapping[str, Any]], source: str
+                          ) -> results_pb2.GroundTruth:
+  """The `GroundTruth` of one cell from its summary (and the full cell when at hand)."""
+  sweep = []
+  for run in (cell or {}).get('runs', entry.get('sweep', [])):
+    settings = run.get('settings', {k: run[k] for k in ('learning_rate', 'steps') if k in run})
+    sweep.append({'settings': settings, 'accuracy': run['accuracy'],
+                  'metrics': {k: run[k] for k in ('compile_seconds',) if k in run},
+                  'wall_seconds': run.get('seconds', 0.0)})
+  best_settings = {k: entry[k] for k in ('learning_rate', 'steps', 'batch_size', 'seed')
+                   if k in entry}
+  return results_lib.ground_truth(
+      name, task, {'accuracy': entry['accuracy'], 'sweep': sweep, 'best_settings': best_settings,
+                   'wall_seconds': entry.get('wall_seconds', 0.0)}, source=source)
 
 
 # ----------------------------------------------------------------------------------------------
-# Measures: one checkpoint, one measure, several seeds.
+# Measures.
 # ----------------------------------------------------------------------------------------------
 
-def _nleep_group(measure: measures.Measure, labels: np.ndarray, features: dict[str, np.ndarray],
-                 seeds: list[int]) -> dict[str, dict]:
+def _nleep_group(measure: measures_lib.Measure, labels: np.ndarray,
+                 features: Mapping[str, np.ndarray], seeds: Sequence[int]) -> dict[str, dict]:
   """NLEEP of checkpoints whose features share one shape, all seeds, in one vmapped call."""
   names = list(features)
   key_data = np.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
   start = time.perf_counter()
-  fit = measures.nleep_batch(np.stack([features[n] for n in names]), labels, keys=key_data,
-                             **measure.kwargs)
+  fit = measures_lib.nleep_batch(np.stack([features[n] for n in names]), labels, keys=key_data,
+                                 **measure.kwargs)
   fit = jax.tree.map(np.asarray, jax.block_until_ready(fit))
   wall = time.perf_counter() - start
   results = {}
@@ -309,35 +253,32 @@ def _nleep_group(measure: measures.Measure, labels: np.ndarray, features: dict[s
     per_seed = [float(s) for s in fit.score[i]]
     results[name] = {
         'mean': float(np.mean(per_seed)), 'std': float(np.std(per_seed)), 'per_seed': per_seed,
-        'seeds': seeds, 'wall_seconds': wall / len(names),
+        'seeds': list(seeds), 'wall_seconds': wall / len(names),
         'details': {'pca_dim': int(fit.pca_dim[i, 0]),
                     'num_components': int(fit.num_components[i, 0]),
                     'num_iters': fit.num_iters[i], 'converged': fit.converged[i],
                     'num_regularized': fit.num_regularized[i],
-                    'wall_seconds_is_share_of_batch': names}}
+                    'wall_seconds_is_share_of_batch_with': names}}
   return results
 
 
-def score_checkpoints(measure: measures.Measure, labels: np.ndarray, *,
-                      features: dict[str, np.ndarray], logits: dict[str, Optional[np.ndarray]],
-                      seeds: list[int]) -> dict[str, dict]:
-  """Scores checkpoints with one measure, once per seed when the measure takes a key.
-
-  NLEEP runs checkpoints of equal feature shape and all seeds in one `nleep_batch` call (one
-  compilation instead of one per PCA-dimension bucket); each gets an equal share of its wall time.
+def score_checkpoints(measure: measures_lib.Measure, labels: np.ndarray, *,
+                      features: Mapping[str, np.ndarray],
+                      logits: Mapping[str, Optional[np.ndarray]],
+                      seeds: Sequence[int]) -> dict[str, dict]:
+  """One measure on several checkpoints of one task.
 
   Args:
     measure: the measure.
-    labels: [N] target train labels.
+    labels: [N] target labels.
     features: checkpoint name -> [N, D] features.
     logits: checkpoint name -> [N, Cs] source logits, or None where the checkpoint has no head
       (then a head measure is skipped and the reason recorded).
-    seeds: the seeds of a measure that takes a key.
+    seeds: the seeds of a measure that takes a key ([] otherwise).
 
   Returns:
     Checkpoint name -> {'mean', 'std', 'per_seed', 'seeds', 'wall_seconds', 'details'} or
-    {'skipped': reason}. `seeds` is empty for a deterministic measure. Wall time includes JIT
-    compilation where a call compiled.
+    {'skipped': reason}. Wall time includes JIT compilation where a call compiled.
   """
   results = {}
   scorable = {}
@@ -357,305 +298,329 @@ def score_checkpoints(measure: measures.Measure, labels: np.ndarray, *,
     start = time.perf_counter()
     kwargs = dict(features=features[name], source_logits=logits[name])
     if measure.uses_key:
-      run_seeds = seeds
       per_seed = [float(measure.score(labels, key=jax.random.key(s), **kwargs)) for s in seeds]
     else:
-      run_seeds, per_seed = [], [float(measure.score(labels, **kwargs))]
+      per_seed = [float(measure.score(labels, **kwargs))]
     results[name] = {'mean': float(np.mean(per_seed)), 'std': float(np.std(per_seed)),
-                     'per_seed': per_seed, 'seeds': run_seeds,
+                     'per_seed': per_seed, 'seeds': list(seeds),
                      'wall_seconds': time.perf_counter() - start, 'details': {}}
   return results
 
 
 # ----------------------------------------------------------------------------------------------
-# Ground truth: fine-tuning on the target task.
+# Features and measures of one task.
 # ----------------------------------------------------------------------------------------------
 
-def _logits(params, x):
-  hidden = jax.nn.relu(x @ params['w1'] + params['b1']) if 'w1' in params else x
-  return hidden @ params['w2'] + params['b2']
+def load_checkpoint(config, name: str, spec: str):
+  """`checkpoints.load(spec, **preflight.load_overrides(config, name))`.
 
-
-@functools.partial(jax.jit, static_argnames=('steps', 'momentum'))
-def _fine_tune_kernel(params, train_x, train_y, test_x, test_y, learning_rate, *, steps,
-                      momentum):
-  """Full-batch SGD with momentum; returns (final train loss, train accuracy, test accuracy)."""
-  optimizer = optax.sgd(learning_rate, momentum=momentum)
-
-  def loss_fn(p):
-    return optax.softmax_cross_entropy_with_integer_labels(_logits(p, train_x), train_y).mean()
-
-  def step(_, carry):
-    p, state = carry
-    updates, state = optimizer.update(jax.grad(loss_fn)(p), state, p)
-    return optax.apply_updates(p, updates), state
-
-  params, _ = lax.fori_loop(0, steps, step, (params, optimizer.init(params)))
-
-  def accuracy(x, y):
-    return jnp.mean(jnp.argmax(_logits(params, x), -1) == y)
-
-  return loss_fn(params), accuracy(train_x, train_y), accuracy(test_x, test_y)
-
-
-def fine_tune(weights: dict, tasks: DigitsTasks, *, steps: int, learning_rates, momentum: float
-              ) -> dict:
-  """This demo's ground truth for one checkpoint: best test accuracy over the learning rates.
-
-  The hidden layer (if any) starts from the checkpoint; the source head is dropped for a
-  zero-initialised head over the target classes. Every weight is trained. Deterministic: full
-  batch, zero head, no randomness.
+  The network runs at `config.image_size` px where it can (`input_size`), with the options of
+  `config.pool.load_options.<name>` on top. Networks built from a description (the Flax ones)
+  take any input size, and so do the built-in Keras exports; a checkpoint with a fixed input size
+  (e.g. a TF1 Hub module) refuses the `input_size` option unless its load options set it, and
+  gets the images resized to its own size by its preprocessing.
   """
-  num_classes = len(tasks.target_classes)
-  dim = hidden_features(weights, tasks.train_x[:1]).shape[1]
-  params = {'w2': jnp.zeros((dim, num_classes)), 'b2': jnp.zeros(num_classes)}
-  if 'w1' in weights:
-    params.update(w1=jnp.asarray(weights['w1']), b1=jnp.asarray(weights['b1']))
-  start = time.perf_counter()
-  sweep = []
-  for learning_rate in learning_rates:
-    loss, train_accuracy, test_accuracy = _fine_tune_kernel(
-        params, tasks.train_x, tasks.train_y, tasks.test_x, tasks.test_y,
-        jnp.float32(learning_rate), steps=int(steps), momentum=float(momentum))
-    sweep.append({'learning_rate': float(learning_rate), 'final_train_loss': float(loss),
-                  'train_accuracy': float(train_accuracy), 'test_accuracy': float(test_accuracy)})
-  best = max(sweep, key=lambda r: r['test_accuracy'])
-  return {'accuracy': best['test_accuracy'], 'best_learning_rate': best['learning_rate'],
-          'sweep': sweep, 'wall_seconds': time.perf_counter() - start}
+  from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top  (imports TF)
+  overrides = preflight_lib.load_overrides(config, name)
+  explicit = 'input_size' in ((config.pool.get('load_options') or {}).get(name) or {})
+  try:
+    return checkpoints.load(spec, **overrides)
+  except ValueError as e:
+    if explicit:
+      raise
+    error = e
+  del overrides['input_size']
+  checkpoint = checkpoints.load(spec, **overrides)  # Raises its own error if it is not that.
+  logging.info('%s does not run at %d px (%s); it runs at its own %s px, its preprocessing '
+               'resizing the images.', spec, int(config.image_size), error,
+               getattr(checkpoint, 'input_size', '?'))
+  return checkpoint
+
+
+class _Loader:
+  """Loads each checkpoint once per run, only when some stage needs it."""
+
+  def __init__(self, config):
+    self._config = config
+    self._loaded = {}
+    self.count = 0
+
+  def get(self, name: str, spec: str):
+    if name not in self._loaded:
+      from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top  (imports TF)
+      logging.info('Loading checkpoint %s (%s).', name, spec)
+      self._loaded[name] = load_checkpoint(self._config, name, spec)
+      self.count += 1
+    return self._loaded[name]
+
+
+def _features_inputs(config, task: str, name: str, spec: str) -> dict[str, Any]:
+  return {'format_version': FORMAT_VERSION, 'code_version': features_lib.CODE_VERSION,
+          'task': task, 'role': config.train_role, 'max_examples': config.max_train_examples,
+          'image_size': int(config.image_size), 'checkpoint': name, 'spec': spec,
+          'load_options': preflight_lib.load_overrides(config, name), 'data_dir': config.data_dir}
+
+
+class _Work:
+  """What this run computed (rather than read back), for the log and for tests."""
+
+  def __init__(self):
+    self.checkpoints_loaded = 0
+    self.features_extracted = 0
+    self.scores_computed = 0
+    self.ground_truth_cells_computed = 0
+
+  def as_dict(self) -> dict[str, int]:
+    return dict(vars(self))
+
+
+def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
+                measure_list: Sequence[measures_lib.Measure], loader: _Loader, work: _Work,
+                workdir: str) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
+  """Features and scores of every checkpoint on one task.
+
+  Returns:
+    (features records {checkpoint: record}, scores {measure spec: {checkpoint: entry}}).
+  """
+  from ckpt_rank import data  # pylint: disable=g-import-not-at-top  (imports TF)
+  task_info = data.tasks.get(task)
+  cache = features_lib.FeatureCache(os.path.join(workdir, 'features'))
+  records, scores = {}, {m.spec: {} for m in measure_list}
+  score_paths, score_inputs, stale = {}, {}, {m.spec: [] for m in measure_list}
+
+  # Which (checkpoint, measure) cells are already on disk.
+  needs_features = []
+  for name, spec in pool:
+    record_path = os.path.join(workdir, 'features', task, f'{name}.json')
+    record = _stored(record_path, _features_inputs(config, task, name, spec))
+    if record is not None:
+      records[name] = record
+    for measure in measure_list:
+      path = os.path.join(workdir, 'measures', task, name, _file_slug(measure.spec) + '.json')
+      inputs = None if record is None else {
+          'format_version': FORMAT_VERSION, 'features': record['checksum'],
+          'measure': measure.spec, 'seeds': measure_seeds(config, measure)}
+      stored = None if inputs is None else _stored(path, inputs)
+      score_paths[(measure.spec, name)] = path
+      score_inputs[(measure.spec, name)] = inputs
+      if stored is not None:
+        scores[measure.spec][name] = stored['score']
+      else:
+        stale[measure.spec].append(name)
+    if record is None or any(name in stale[m.spec] for m in measure_list):
+      needs_features.append((name, spec))
+  if not needs_features:
+    logging.info('Task %s: every feature set and score is on disk.', task)
+    return records, scores
+
+  # Features (read from the cache where it holds them) of the checkpoints that need scoring.
+  examples = data.load(task_info, config.train_role, data_dir=config.data_dir or None,
+                       max_examples=config.max_train_examples, image_size=int(config.image_size))
+  images, labels = examples
+  arrays = {}
+  for name, spec in needs_features:
+    checkpoint = loader.get(name, spec)
+    extracted = features_lib.extract(
+        checkpoint, images, labels=labels, task_name=task_info.name,
+        split=task_info.split(config.train_role),
+        subset=f'max_examples={config.max_train_examples},image_size={int(config.image_size)}',
+        cache=cache, batch_size=int(config.features.get('batch_size', 64)))
+    if not extracted.cache_hit:
+      work.features_extracted += 1
+    arrays[name] = extracted
+    checksum = hashlib.sha256()
+    for array in (extracted.pre_logits, extracted.logits):
+      if array is not None:
+        checksum.update(np.ascontiguousarray(array).tobytes())
+    info = results_lib.features_info(name, task, config.train_role, extracted)
+    record = {
+        'inputs': _features_inputs(config, task, name, spec),
+        'checksum': f'{checkpoint.fingerprint}-{checksum.hexdigest()[:16]}',
+        'checkpoint': {'name': name, 'spec': spec, 'fingerprint': checkpoint.fingerprint,
+                       'feature_dim': int(checkpoint.feature_dim),
+                       'has_head': bool(checkpoint.has_head),
+                       'num_source_classes': int(getattr(checkpoint, 'num_classes', 0) or 0),
+                       'preprocessing': dict(checkpoint.preprocessing)},
+        'features': json.loads(json_format.MessageToJson(
+            info, preserving_proto_field_name=True)),
+        'num_examples': int(len(labels)),
+    }
+    if records.get(name, {}).get('checksum') != record['checksum'] or name not in records:
+      for measure in measure_list:  # New features: every score of this checkpoint is stale.
+        if name not in stale[measure.spec]:
+          stale[measure.spec].append(name)
+          scores[measure.spec].pop(name, None)
+    _write_json(os.path.join(workdir, 'features', task, f'{name}.json'), record)
+    records[name] = record
+
+  # Scores that are missing or stale.
+  for measure in measure_list:
+    names = [n for n, _ in pool if n in stale[measure.spec]]
+    if not names:
+      continue
+    seeds = measure_seeds(config, measure)
+    logging.info('Task %s: %s on %s.', task, measure.spec, ', '.join(names))
+    computed = score_checkpoints(
+        measure, labels, features={n: arrays[n].pre_logits for n in names},
+        logits={n: arrays[n].logits for n in names}, seeds=seeds)
+    for name in names:
+      inputs = {'format_version': FORMAT_VERSION, 'features': records[name]['checksum'],
+                'measure': measure.spec, 'seeds': seeds}
+      entry = results_lib.jsonable(computed[name])
+      _write_json(score_paths[(measure.spec, name)], {'inputs': inputs, 'score': entry})
+      scores[measure.spec][name] = entry
+      work.scores_computed += 1
+  return records, scores
 
 
 # ----------------------------------------------------------------------------------------------
-# The experiment.
+# The run.
 # ----------------------------------------------------------------------------------------------
 
-def _versions() -> dict:
-  return {'python': platform.python_version(), 'jax': jax.__version__,
-          'jaxlib': importlib.metadata.version('jaxlib'),
-          'numpy': np.__version__, 'scipy': scipy.__version__, 'sklearn': sklearn.__version__,
-          'optax': optax.__version__, 'platform': platform.platform(),
-          'devices': [str(d) for d in jax.devices()]}
+def _ranking(config, measure: measures_lib.Measure, task: str, group: str,
+             members: Sequence[str], scores: Mapping[str, dict],
+             accuracies: Mapping[str, float]) -> results_pb2.RankingEvaluation:
+  """One measure's ranking of one group's checkpoints on one task, judged once per seed."""
+  ranked = [n for n in members if n in accuracies and 'skipped' not in scores.get(n, {})
+            and n in scores]
+  seeds = measure_seeds(config, measure)
+  rows = np.array([scores[n]['per_seed'] for n in ranked], np.float64).T if ranked else (
+      np.zeros((1, 0)))
+  return results_lib.ranking_evaluation(
+      measure.spec, ranked, rows, [accuracies[n] for n in ranked], task=task, group=group,
+      seeds=seeds, ks=tuple(int(k) for k in config.ranking_ks))
 
 
-def _ground_truth_protocol(config) -> str:
-  ft = config.fine_tune
-  return (f'Demo ground truth (not the paper\'s VTAB fine-tuning): each MLP checkpoint gets a new '
-          f'zero-initialised {len(config.data.target_classes)}-way head on its hidden layer and '
-          f'ALL weights are trained by full-batch SGD (momentum {ft.momentum}) for {ft.steps} '
-          f'steps on the target train split; raw pixels get a logistic regression by the same '
-          f'trainer. Accuracy on the target test split, best over learning rates '
-          f'{list(ft.learning_rates)}.')
+def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = None
+        ) -> results_pb2.Results:
+  """Runs (or resumes) the benchmark of `config` in `workdir`.
 
+  Args:
+    config: an experiment config (see `experiments/offline.py`).
+    workdir: where every stage file, the results and the report go.
+    preflight: called with the config after it validated and before any work; default
+      `ckpt_rank.preflight.check` (config, TF-Hub handles, TFDS data and the ground-truth table
+      are checked at once, failing fast with one message listing every problem).
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) the experiment of `config` in `workdir` and returns results.json's data.
+  Returns:
+    The `results_pb2.Results` written to `workdir/results.binpb` and `.json`.
 
   Raises:
-    ValueError: a measure spec that does not resolve (named in the message), an unknown dataset,
-      or a config that gives fewer than two checkpoints.
+    ValueError: a bad config (the field is named), a ground-truth table that does not match it,
+      or bad data (as the stages raise it).
   """
-  measure_list = config_lib.validate_measures(config.measures)
-  if config.data.name not in DATASETS:
-    raise ValueError(f'Unknown config.data.name {config.data.name!r}; known: '
-                     f'{", ".join(DATASETS)}.')
-  if int(config.num_measure_seeds) < 1:
-    raise ValueError(f'config.num_measure_seeds must be >= 1, got {config.num_measure_seeds}.')
+  start_wall, start = time.time(), time.perf_counter()
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  measure_list = check_config(config)
+  (preflight or preflight_lib.check)(config)
+  from ckpt_rank import data  # pylint: disable=g-import-not-at-top  (imports TF)
+  from ckpt_rank import finetune_main  # pylint: disable=g-import-not-at-top
   if _is_writer():
     os.makedirs(workdir, exist_ok=True)
-  seed = int(config.seed)
-  run_start = time.perf_counter()
-  tasks = DigitsTasks(config.data, seed)
+  data_dir = config.data_dir or None
+  work = _Work()
 
-  # ============================================================================================
-  # Features: the checkpoint pool and its features on the target train split.
-  # ============================================================================================
-  logging.info('Stage features: %s', tasks.describe())
-  features_inputs = _jsonable({'seed': seed, 'data': config.data,
-                               'checkpoints': config.checkpoints})
-  index_path = os.path.join(workdir, 'features', 'index.json')
-  index = _read_json(index_path)
-  names = [] if index is None else [c['name'] for c in index['checkpoints']]
-  arrays_path = lambda name: os.path.join(workdir, 'features', f'{name}.npz')
-  if (index is not None and index['inputs'] == features_inputs and
-      all(os.path.exists(arrays_path(n)) for n in names)):
-    checkpoints = {}
-    for name in names:
-      with np.load(arrays_path(name)) as f:
-        checkpoints[name] = {k: f[k] for k in f.files}
+  # The pool (snapshot runs are trained once, then found on disk).
+  pool = pool_lib.build_pool(config.pool, workdir, data_dir=data_dir)
+  table_path = config.ground_truth.table
+  committed = None
+  if table_path:  # Checked before any expensive stage.
+    committed = load_ground_truth_table(table_path, config, pool)
+
+  # Features and measures, task by task.
+  loader = _Loader(config)
+  records, scores = {}, {}
+  for task in config.tasks:
+    records[task], scores[task] = _task_stage(config, task, pool, measure_list, loader, work,
+                                              workdir)
+  work.checkpoints_loaded = loader.count
+  del loader
+
+  # Ground truth.
+  if committed is not None:
+    source = f'committed table {table_path}'
+    table, cells = committed, {}
   else:
-    start = time.perf_counter()
-    checkpoints = {}
-    checkpoint_infos = []
-    for name, weights, info in build_checkpoints(config.checkpoints, tasks, seed):
-      arrays = dict(weights, train_features=hidden_features(weights, tasks.train_x))
-      logits = source_logits(weights, tasks.train_x)
-      if logits is not None:
-        arrays['train_source_logits'] = logits
-      if _is_writer():
-        _atomic_write(arrays_path(name), lambda f, a=arrays: np.savez(f, **a), binary=True)
-      checkpoints[name] = arrays
-      checkpoint_infos.append({'name': name, **info})
-    index = _jsonable({'inputs': features_inputs, 'checkpoints': checkpoint_infos,
-                       'task': tasks.describe(), 'wall_seconds': time.perf_counter() - start})
-    _write_json(index_path, index)  # Last: it marks the stage complete.
-  checkpoint_names = [c['name'] for c in index['checkpoints']]
-
-  # ============================================================================================
-  # Measures: every checkpoint x every measure.
-  # ============================================================================================
-  measure_seeds = {
-      m.name: [derive_seed(seed, f'measure/{m.name}/{i}')
-               for i in range(int(config.num_measure_seeds))] for m in measure_list}
-  scores = {name: {} for name in checkpoint_names}
-  for measure in measure_list:
-    seeds = measure_seeds[measure.name] if measure.uses_key else []
-    paths, inputs, stale = {}, {}, []
-    for name in checkpoint_names:
-      paths[name] = os.path.join(workdir, 'measures', name, _file_slug(measure.spec) + '.json')
-      inputs[name] = _jsonable({'features': features_inputs, 'checkpoint': name,
-                                'measure': measure.spec, 'seeds': seeds})
-      stored = _read_json(paths[name])
-      if stored is not None and stored['inputs'] == inputs[name]:
-        scores[name][measure.spec] = {k: v for k, v in stored.items() if k != 'inputs'}
-      else:
-        stale.append(name)
-    if not stale:
-      continue
-    logging.info('Stage measures: %s on %s', measure.spec, ', '.join(stale))
-    computed = score_checkpoints(
-        measure, tasks.train_y, features={n: checkpoints[n]['train_features'] for n in stale},
-        logits={n: checkpoints[n].get('train_source_logits') for n in stale}, seeds=seeds)
-    for name in stale:
-      result = _jsonable(computed[name])
-      _write_json(paths[name], {'inputs': inputs[name], **result})
-      scores[name][measure.spec] = result
-
-  # ============================================================================================
-  # Ground truth: fine-tuned accuracy of every checkpoint on the target task.
-  # ============================================================================================
-  ground_truth = {}
-  for name in checkpoint_names:
-    logging.info('Stage ground truth: fine-tuning %s', name)
-    weights = {k: v for k, v in checkpoints[name].items() if k in ('w1', 'b1', 'w2', 'b2')}
-    path = os.path.join(workdir, 'ground_truth', f'{name}.json')
-    inputs = {'features': features_inputs, 'checkpoint': name, 'fine_tune': config.fine_tune}
-    result = _cached(path, inputs, lambda w=weights: fine_tune(
-        w, tasks, steps=config.fine_tune.steps, learning_rates=config.fine_tune.learning_rates,
-        momentum=config.fine_tune.momentum))
-    ground_truth[name] = {k: v for k, v in result.items() if k != 'inputs'}
-  accuracies = {name: ground_truth[name]['accuracy'] for name in checkpoint_names}
-
-  # ============================================================================================
-  # Ranking evaluation: each measure against the ground truth, over the checkpoints it scored.
-  # ============================================================================================
-  logging.info('Stage ranking evaluation')
-  mean_scores = {
-      m.spec: {n: scores[n][m.spec]['mean'] for n in checkpoint_names
-               if 'mean' in scores[n][m.spec]} for m in measure_list}
-
-  def evaluate_all():
-    evaluations = {}
-    for spec, by_checkpoint in mean_scores.items():
-      ranked = list(by_checkpoint)
-      if len(ranked) < 2:
-        evaluations[spec] = {'checkpoints': ranked, 'skipped': 'fewer than 2 checkpoints scored'}
+    logging.info('Stage ground truth: fine-tuning in this run (config.ground_truth.table is "").')
+    gt = finetune_main.run(config, workdir, command=['ckpt_rank.experiment.run'])
+    work.ground_truth_cells_computed = int(gt['cells_computed_this_run'])
+    source = 'finetune'
+    table = gt['table']
+    cells = {(task, name): _read_json(finetune_main.cell_path(workdir, task, name))
+             for task in config.tasks for name, _ in pool}
+  accuracies, ground_truth, skipped_ground_truth, mismatched = {}, [], {}, {}
+  for task in config.tasks:
+    accuracies[task] = {}
+    for name, _ in pool:
+      entry = table[task][name]
+      if 'skipped' in entry:
+        skipped_ground_truth.setdefault(task, {})[name] = entry['skipped']
         continue
-      with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always', ranking.UndefinedCorrelationWarning)
-        metrics = ranking.evaluate([by_checkpoint[n] for n in ranked],
-                                   [accuracies[n] for n in ranked], ks=tuple(config.ranking_ks))
-      evaluations[spec] = {'checkpoints': ranked, 'metrics': metrics,
-                           'warnings': [str(w.message) for w in caught]}
-    return {'evaluations': evaluations}
+      accuracies[task][name] = float(entry['accuracy'])
+      fingerprint = records[task][name]['checkpoint']['fingerprint']
+      if entry.get('fingerprint') and entry['fingerprint'] != fingerprint:
+        # E.g. a snapshot retrained on another machine: same recipe and seed, other rounding.
+        logging.warning('%s on %s: the ground truth was fine-tuned from weights with fingerprint '
+                        '%s, the features come from %s.', name, task, entry['fingerprint'],
+                        fingerprint)
+        mismatched.setdefault(task, {})[name] = [entry['fingerprint'], fingerprint]
+      ground_truth.append(_ground_truth_message(task, name, entry, cells.get((task, name)),
+                                                source))
 
-  ranking_inputs = {'scores': mean_scores, 'accuracies': accuracies,
-                    'ks': config.ranking_ks}
-  evaluations = _cached(os.path.join(workdir, 'ranking.json'), ranking_inputs,
-                        evaluate_all)['evaluations']
+  # Ranking evaluation: per task and group, then averaged over tasks.
+  groups = {ALL_CHECKPOINTS: {'description': 'every checkpoint of the pool',
+                              'checkpoints': [n for n, _ in pool]}, **_groups(config)}
+  rankings = []
+  for group, entry in groups.items():
+    for measure in measure_list:
+      per_task = [_ranking(config, measure, task, group, entry['checkpoints'],
+                           scores[task][measure.spec], accuracies[task])
+                  for task in config.tasks]
+      rankings.extend(per_task)
+      rankings.append(results_lib.average_over_tasks(per_task))
 
-  # ============================================================================================
-  # Results: one file with everything needed to read and reproduce the run.
-  # ============================================================================================
-  def collect():
-    return {
-        'config': config.to_dict(),
-        'versions': _versions(),
-        'seeds': {'config_seed': seed, 'target_split': tasks.split_seed,
-                  'checkpoints': {c['name']: {k: c[k] for k in ('init_seed', 'mlp_random_state')
-                                              if k in c} for c in index['checkpoints']},
-                  'measures': {m.spec: (measure_seeds[m.name] if m.uses_key else [])
-                               for m in measure_list},
-                  'fine_tune': 'none (full-batch, zero-initialised head: deterministic)'},
-        'task': index['task'],
-        'checkpoints': index['checkpoints'],
-        'measures': [m.spec for m in measure_list],
-        'scores': scores,
-        'ground_truth': {'protocol': _ground_truth_protocol(config), 'accuracy': accuracies,
-                         'details': ground_truth},
-        'ranking': evaluations,
-        'wall_seconds_first_run': time.perf_counter() - run_start,
-    }
-
-  results_inputs = {'config': config.to_dict(), 'ranking': hashlib.sha256(json.dumps(
-      _jsonable([scores, ground_truth, evaluations]), sort_keys=True).encode()).hexdigest()}
-  results = _cached(os.path.join(workdir, 'results.json'), results_inputs, collect)
-  logging.info('Results in %s:\n%s', os.path.join(workdir, 'results.json'), format_table(results))
+  # Results and report.
+  results = results_pb2.Results()
+  for task in config.tasks:
+    task_info = data.tasks.get(task)
+    num_test = max([g.get('num_eval', 0) for g in table[task].values()] or [0])
+    num_train = max([r['num_examples'] for r in records[task].values()] or [0])
+    results.tasks.append(results_lib.task_info(
+        task, num_classes=task_info.num_classes, num_train=num_train, num_test=num_test,
+        details={'train_role': config.train_role, 'eval_role': config.eval_role,
+                 'train_split': task_info.split(config.train_role),
+                 'eval_split': task_info.split(config.eval_role),
+                 'ground_truth_skipped': skipped_ground_truth.get(task, {}),
+                 'ground_truth_fingerprint_mismatch': mismatched.get(task, {})}))
+  first_task = config.tasks[0]
+  for name, spec in pool:
+    info = records[first_task][name]['checkpoint']
+    results.checkpoints.append(results_lib.checkpoint_info(
+        name, spec=spec, fingerprint=info['fingerprint'], feature_dim=info['feature_dim'],
+        has_head=info['has_head'], preprocessing=info['preprocessing'],
+        details={'num_source_classes': info['num_source_classes']}))
+  for group, entry in _groups(config).items():
+    results.groups.append(results_lib.checkpoint_group(group, entry['checkpoints'],
+                                                       entry['description']))
+  results.measures.extend(m.spec for m in measure_list)
+  for task in config.tasks:
+    for name, _ in pool:
+      info = results_pb2.FeaturesInfo()
+      json_format.ParseDict(records[task][name]['features'], info)
+      results.features.append(info)
+      for measure in measure_list:
+        results.scores.append(results_lib.measure_score(
+            measure.spec, name, task, scores[task][measure.spec][name]))
+  results.ground_truth.extend(ground_truth)
+  results.rankings.extend(rankings)
+  end_wall = time.time()
+  results.run.CopyFrom(results_lib.run_info(
+      config, start_time=start_wall, end_time=end_wall,
+      wall_seconds=time.perf_counter() - start, workdir=workdir))
+  logging.info('Work done in this run: %s', work.as_dict())
+  if _is_writer():
+    results_lib.write(results, workdir)
+    report_lib.write_report(results, workdir)
+    _write_json(os.path.join(workdir, 'work.json'), {'work': work.as_dict(),
+                                                      'wall_seconds': results.run.wall_seconds})
   return results
-
-
-# ----------------------------------------------------------------------------------------------
-# The printed table.
-# ----------------------------------------------------------------------------------------------
-
-def _cell(value: Optional[float], digits: int = 4) -> str:
-  return '-' if value is None else f'{value:.{digits}f}'
-
-
-def format_table(results: dict) -> str:
-  """Checkpoints x measures (mean +- std over seeds) with the ground truth, then ranking metrics."""
-  specs = results['measures']
-  names = [c['name'] for c in results['checkpoints']]
-  source_accuracy = {c['name']: c['source_train_accuracy'] for c in results['checkpoints']}
-  task = results['task']
-  lines = [f'Target task: digits {task["target_classes"]} ({task["num_target_train"]} train / '
-           f'{task["num_target_test"]} test); checkpoints from digits {task["source_classes"]}.',
-           'Scores: mean +- std over seeds (n/a: the checkpoint has no source head). '
-           'Ground truth: ' + results['ground_truth']['protocol'], '']
-
-  def score_cell(entry):
-    if 'skipped' in entry:
-      return 'n/a'
-    if len(entry['per_seed']) > 1:
-      return f'{entry["mean"]:.4f}+-{entry["std"]:.4f}'
-    return f'{entry["mean"]:.4f}'
-
-  header = ['checkpoint', 'src acc'] + specs + ['fine-tuned']
-  rows = [[n, _cell(source_accuracy[n], 3)] + [score_cell(results['scores'][n][s]) for s in specs]
-          + [_cell(results['ground_truth']['accuracy'][n])] for n in names]
-  rows.append(['wall s (sum)', ''] + [
-      f'{sum(results["scores"][n][s].get("wall_seconds", 0.0) for n in names):.2f}'
-      for s in specs] + [
-          f'{sum(results["ground_truth"]["details"][n]["wall_seconds"] for n in names):.2f}'])
-  lines += _aligned(header, rows)
-
-  metric_names = None
-  metric_rows = []
-  for spec in specs:
-    evaluation = results['ranking'][spec]
-    if 'metrics' not in evaluation:
-      metric_rows.append((spec, len(evaluation['checkpoints']), None))
-      continue
-    metric_names = metric_names or list(evaluation['metrics'])
-    metric_rows.append((spec, len(evaluation['checkpoints']), evaluation['metrics']))
-  metric_names = metric_names or []
-  lines += ['', 'Ranking metrics (each measure over the checkpoints it scored; M = how many):']
-  lines += _aligned(['measure', 'M'] + metric_names, [
-      [spec, str(m)] + ([_cell(metrics[k], 3) for k in metric_names] if metrics else
-                        ['skipped'] * len(metric_names)) for spec, m, metrics in metric_rows])
-  return '\n'.join(lines)
-
-
-def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
-  widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-  fmt = lambda r: '  '.join(c.ljust(w) if i == 0 else c.rjust(w)
-                            for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-  return [fmt(header), '  '.join('-' * w for w in widths)] + [fmt(r) for r in rows]

@@ -185,6 +185,14 @@ def build_snapshots(run: str, cfg, workdir: str, *, data_dir: Optional[str] = No
   return entries
 
 
+def checkpoint_names(pool_config) -> list[str]:
+  """The names of the pool's checkpoints, in `build_pool`'s order, without building anything."""
+  snapshots: Mapping[str, Any] = pool_config.get('snapshots') or {}
+  return [n for n, _ in _entries(pool_config.get('checkpoints', ()))] + [
+      f'{run}_step{k}' for run in sorted(snapshots)
+      for k in _snapshot_config(run, snapshots[run])['steps']]
+
+
 def build_pool(pool_config, workdir: str, *, data_dir: Optional[str] = None,
                module_fn: Optional[Callable[..., Any]] = None) -> list[tuple[str, str]]:
   """The pool as [(name, checkpoint spec)], training the snapshot runs that are not on disk yet.
@@ -205,8 +213,7 @@ def build_pool(pool_config, workdir: str, *, data_dir: Optional[str] = None,
   """
   pool = _entries(pool_config.get('checkpoints', ()))
   snapshots: Mapping[str, Any] = pool_config.get('snapshots') or {}
-  names = [n for n, _ in pool] + [f'{run}_step{k}' for run in sorted(snapshots)
-                                  for k in _snapshot_config(run, snapshots[run])['steps']]
+  names = checkpoint_names(pool_config)
   repeated = sorted({n for n in names if names.count(n) > 1})
   if repeated:  # Checked before any training.
     raise ValueError(f'Checkpoint names {repeated} appear more than once in the pool.')

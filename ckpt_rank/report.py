@@ -265,6 +265,35 @@ def _markdown(view: _View, plots: dict[str, str]) -> str:
   return '\n'.join(lines).rstrip('\n') + '\n'
 
 
+def summary_markdown(results: results_pb2.Results) -> str:
+  """The per-measure table averaged over tasks (whole pool, with costs), then one per group.
+
+  What `python -m ckpt_rank.main` prints and the README quotes; `report.md` holds more.
+  """
+  if not isinstance(results, results_pb2.Results):
+    raise ValueError(f'summary_markdown: expected a results_pb2.Results, got '
+                     f'{type(results).__name__}.')
+  view = _View(results)
+  tasks = ', '.join(view.tasks) or 'none'
+  lines = [f'Ranking metrics averaged over {len(view.tasks)} task(s) ({tasks}); '
+           f'{len(view.checkpoints)} checkpoints; mean ± spread over seeds. M: checkpoints '
+           'ranked. Wall s: the measure summed over checkpoints and tasks, beside fine-tuning.',
+           '']
+  averaged = view.evaluations(task='', group='')
+  if not averaged:
+    return '\n'.join(lines + ['*No ranking evaluations.*']) + '\n'
+  lines += _metric_table(view, averaged, task=None) + ['']
+  for group in view.groups:
+    by_group = view.evaluations(task='', group=group)
+    if by_group:
+      description = next((g.description for g in results.groups if g.name == group), '')
+      lines += [f'Group {group}' + (f' ({description})' if description else '') + ':', '']
+      lines += _metric_table(view, by_group, task=None, with_cost=False) + ['']
+  for task in view.tasks:
+    lines += [f'Fine-tuned accuracy and scores on {task}:', ''] + _scores_table(view, task) + ['']
+  return '\n'.join(lines).rstrip('\n') + '\n'
+
+
 # ----------------------------------------------------------------------------------------------
 # Plots.
 # ----------------------------------------------------------------------------------------------

@@ -369,9 +369,9 @@ def ground_truth(checkpoint: str, task: str, entry: Mapping[str, Any], *,
     task: the task's name.
     entry: {'sweep': [...], and optionally 'accuracy', 'best_settings', 'wall_seconds'}. Each
       sweep entry is either structured, {'settings': {...}, 'accuracy', 'metrics': {...},
-      'wall_seconds'}, or flat as `experiment.fine_tune` gives it: 'accuracy' or 'test_accuracy'
-      is the held-out accuracy, other keys naming an accuracy or a loss are metrics,
-      'wall_seconds' the time, and every other key a setting (e.g. 'learning_rate').
+      'wall_seconds'}, or flat, e.g. {'learning_rate': 0.01, 'test_accuracy': 0.9}: 'accuracy'
+      or 'test_accuracy' is the held-out accuracy, other keys naming an accuracy or a loss are
+      metrics, 'wall_seconds' the time, and every other key a setting (e.g. 'learning_rate').
       'accuracy' defaults to the best sweep accuracy, 'best_settings' to that entry's settings.
     source: 'finetune', or 'committed table <path>' for ground truth read from a table.
 

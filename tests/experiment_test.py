@@ -1,201 +1,245 @@
-"""End-to-end tests of experiment.run on the runlocal offline config (real digits, real MLPs)."""
+"""Unit tests of ckpt_rank.experiment's pieces (no checkpoints loaded; see main_test for a run)."""
 
 import importlib.util
 import json
-import math
 import os
 import shutil
 import tempfile
-from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
+import numpy as np
+from scipy import stats
 
-from ckpt_rank import config_lib
 from ckpt_rank import experiment
 from ckpt_rank import measures
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_offline_config_module():
+def _offline_config(arg=None):
   spec = importlib.util.spec_from_file_location(
       'offline_config', os.path.join(_REPO, 'experiments', 'offline.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module
+  return module.get_config(arg)
 
 
-offline = _load_offline_config_module()
+def _pool(config):
+  """[(name, spec)] of a config without training snapshots (their specs are flax: paths)."""
+  entries = [tuple(e) for e in config.pool.checkpoints]
+  for run, cfg in config.pool.snapshots.items():
+    entries += [(f'{run}_step{s}', f'flax:/somewhere/{run}/{s}') for s in cfg.steps]
+  return entries
 
 
-def _file_mtimes(root):
-  return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-          for d, _, files in os.walk(root) for f in files}
+def _table(config, pool, **config_changes):
+  """A ground-truth table as `finetune_main.run` writes it, with made-up accuracies."""
+  table_config = json.loads(config.to_json())
+  table_config.update(config_changes)
+  cells = {task: {name: {'accuracy': 0.5 + 0.01 * i, 'learning_rate': 0.01, 'steps': 200,
+                         'batch_size': 32, 'seed': 0, 'num_train': 1000, 'num_eval': 2000,
+                         'wall_seconds': 10.0}
+                  for i, (name, _) in enumerate(pool)} for task in config.tasks}
+  return {'format_version': 1, 'command': ['python', '-m', 'ckpt_rank.finetune'],
+          'config': table_config, 'pool': [list(e) for e in pool], 'table': cells}
 
 
-def _no_work_patches():
-  """Patches that fail the test if a run builds checkpoints, scores or fine-tunes anything."""
-  def fail(what):
-    return mock.Mock(side_effect=AssertionError(f'{what} was called on a resumed run'))
-  return [mock.patch.object(experiment, 'build_checkpoints', fail('build_checkpoints')),
-          mock.patch.object(experiment, 'score_checkpoints', fail('score_checkpoints')),
-          mock.patch.object(experiment, 'fine_tune', fail('fine_tune'))]
+class GroundTruthTableTest(parameterized.TestCase):
 
+  def setUp(self):
+    super().setUp()
+    self.dir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+    self.config = _offline_config()
+    self.pool = _pool(self.config)
 
-class ExperimentTest(parameterized.TestCase):
-
-  def _tempdir(self):
-    # tempfile rather than create_tempdir(): the latter needs absl flags parsed (not under pytest).
-    path = tempfile.mkdtemp(prefix='ckpt_rank_test_')
-    self.addCleanup(shutil.rmtree, path, ignore_errors=True)
+  def _write(self, table) -> str:
+    path = os.path.join(self.dir, 'ground_truth.json')
+    with open(path, 'w') as f:
+      json.dump(table, f)
     return path
 
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    # One real run shared by the tests: it is the slow part (JIT compilation of the measures).
-    cls.workdir = tempfile.mkdtemp(prefix='ckpt_rank_experiment_test_')
-    cls.config = offline.get_config('runlocal')
-    cls.results = experiment.run(cls.config, cls.workdir)
-    cls.mtimes = _file_mtimes(cls.workdir)
+  def test_a_matching_table_gives_every_cell(self):
+    path = self._write(_table(self.config, self.pool))
+    table = experiment.load_ground_truth_table(path, self.config, self.pool)
+    self.assertEqual(sorted(table), sorted(self.config.tasks))
+    for task in self.config.tasks:
+      self.assertEqual(list(table[task]), [n for n, _ in self.pool])
+      self.assertAlmostEqual(table[task][self.pool[1][0]]['accuracy'], 0.51)
 
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.workdir, ignore_errors=True)
-    super().tearDownClass()
+  def test_the_committed_table_matches_the_offline_config(self):
+    config = _offline_config()
+    path = experiment.resolve_path(config.ground_truth.table)
+    if not os.path.exists(path):
+      self.skipTest(f'{path} is not committed yet.')
+    # Snapshot specs are workdir paths; only their names and the snapshot config must match.
+    table = experiment.load_ground_truth_table(config.ground_truth.table, config,
+                                               _pool(config))
+    for task in config.tasks:
+      done = [v for v in table[task].values() if 'accuracy' in v]
+      self.assertGreaterEqual(len(done), 2)
+      for entry in done:
+        self.assertBetween(entry['accuracy'], 0.0, 1.0)
 
-  def test_results_file_parses_and_matches_the_return_value(self):
-    with open(os.path.join(self.workdir, 'results.json')) as f:
-      stored = json.load(f)
-    self.assertEqual(stored, self.results)
-    for library in ('jax', 'numpy', 'sklearn'):
-      self.assertIn(library, stored['versions'])
-    self.assertEqual(stored['config']['seed'], self.config.seed)
-    self.assertEqual(stored['seeds']['config_seed'], self.config.seed)
-    self.assertIn('Demo ground truth', stored['ground_truth']['protocol'])
+  @parameterized.named_parameters(
+      ('image_size', dict(image_size=32), 'image_size'),
+      ('eval_role', dict(eval_role='train'), 'eval_role'),
+      ('max_eval_examples', dict(max_eval_examples=10), 'max_eval_examples'),
+  )
+  def test_a_table_of_another_protocol_is_refused(self, changes, field):
+    path = self._write(_table(self.config, self.pool, **changes))
+    with self.assertRaisesRegex(ValueError, f'config.{field}'):
+      experiment.load_ground_truth_table(path, self.config, self.pool)
 
-  def test_pool_is_snapshots_random_init_and_pixels(self):
-    kinds = [c['kind'] for c in self.results['checkpoints']]
-    self.assertEqual(kinds.count('source_snapshot'), len(self.config.checkpoints.snapshot_epochs))
-    self.assertEqual(kinds.count('random_init'), 1)
-    self.assertEqual(kinds.count('raw_pixels'), 1)
-    # More source training fits the source task better: these are real, distinct checkpoints.
-    snapshots = [c for c in self.results['checkpoints'] if c['kind'] == 'source_snapshot']
-    self.assertGreater(snapshots[-1]['source_train_accuracy'],
-                       snapshots[0]['source_train_accuracy'])
+  def test_other_fine_tuning_settings_are_refused(self):
+    table = _table(self.config, self.pool)
+    table['config']['fine_tune']['learning_rates'] = [0.1]
+    with self.assertRaisesRegex(ValueError, 'config.fine_tune'):
+      experiment.load_ground_truth_table(self._write(table), self.config, self.pool)
 
-  def test_every_checkpoint_scored_by_every_measure_and_fine_tuned(self):
-    has_head = {c['name']: c['has_head'] for c in self.results['checkpoints']}
-    self.assertLen(has_head, len(self.results['scores']))
-    for name, by_measure in self.results['scores'].items():
-      self.assertCountEqual(by_measure, [measures.get(s).spec for s in self.config.measures])
-      for spec, entry in by_measure.items():
-        with self.subTest(checkpoint=name, measure=spec):
-          if measures.get(spec).needs_head and not has_head[name]:
-            self.assertIn('no source classifier', entry['skipped'])
-            continue
-          self.assertTrue(math.isfinite(entry['mean']), entry)
-          self.assertGreaterEqual(entry['wall_seconds'], 0.0)
-      accuracy = self.results['ground_truth']['accuracy'][name]
-      self.assertBetween(accuracy, 0.2, 1.0)  # Well above chance (0.2) on 5 target classes.
+  def test_other_snapshots_are_refused(self):
+    table = _table(self.config, self.pool)
+    table['config']['pool']['snapshots']['mobilenet_v2_fmnist04']['learning_rate'] = 0.1
+    with self.assertRaisesRegex(ValueError, 'snapshots'):
+      experiment.load_ground_truth_table(self._write(table), self.config, self.pool)
 
-  def test_every_checkpoint_ranked_by_every_measure(self):
-    names = [c['name'] for c in self.results['checkpoints']]
-    with_head = [c['name'] for c in self.results['checkpoints'] if c['has_head']]
-    for spec in self.results['measures']:
-      with self.subTest(measure=spec):
-        evaluation = self.results['ranking'][spec]
-        expected = with_head if measures.get(spec).needs_head else names
-        self.assertEqual(evaluation['checkpoints'], expected)
-        self.assertContainsSubset(
-            {'recall@1', 'recall@3', 'rel@1', 'rel@3', 'pearson', 'kendall_tau'},
-            evaluation['metrics'])
+  def test_a_missing_cell_is_named(self):
+    table = _table(self.config, self.pool)
+    del table['table']['mnist_5k']['efficientnet_lite1']
+    with self.assertRaisesRegex(ValueError, "efficientnet_lite1.*mnist_5k"):
+      experiment.load_ground_truth_table(self._write(table), self.config, self.pool)
 
-  def test_measures_with_a_key_record_every_seed(self):
-    for name, by_measure in self.results['scores'].items():
-      for spec, entry in by_measure.items():
-        if 'skipped' in entry:
-          continue
-        num_seeds = self.config.num_measure_seeds if measures.get(spec).uses_key else 1
-        self.assertLen(entry['per_seed'], num_seeds, msg=f'{name} {spec}')
-        self.assertLen(entry['seeds'], num_seeds if measures.get(spec).uses_key else 0)
-        self.assertEqual(entry['seeds'], self.results['seeds']['measures'][spec])
-    nleep = self.results['scores']['pixels']['nleep']['details']
-    self.assertGreater(nleep['pca_dim'], 0)
-    self.assertGreater(nleep['num_components'], 0)
+  def test_a_missing_task_is_named(self):
+    table = _table(self.config, self.pool)
+    del table['table']['animal_mnist']
+    with self.assertRaisesRegex(ValueError, 'animal_mnist'):
+      experiment.load_ground_truth_table(self._write(table), self.config, self.pool)
 
-  def test_second_run_does_no_work_and_rewrites_nothing(self):
-    patches = _no_work_patches()
-    for patch in patches:
-      patch.start()
-      self.addCleanup(patch.stop)
-    again = experiment.run(self.config, self.workdir)
-    self.assertEqual(again, self.results)
-    self.assertEqual(_file_mtimes(self.workdir), self.mtimes)
-    self.assertFalse([p for p in self.mtimes if os.path.basename(p).startswith('.tmp-')])
+  def test_another_spec_under_the_same_name_is_refused(self):
+    table = _table(self.config, self.pool)
+    table['pool'][0][1] = 'efficientnet_lite3'
+    with self.assertRaisesRegex(ValueError, 'efficientnet_lite0'):
+      experiment.load_ground_truth_table(self._write(table), self.config, self.pool)
 
-  def test_changed_fine_tuning_recomputes_only_the_ground_truth(self):
-    workdir = self._tempdir()
-    shutil.copytree(self.workdir, workdir, dirs_exist_ok=True)
-    config = offline.get_config('runlocal')
-    config.fine_tune.steps = 5
-    patches = _no_work_patches()[:2]  # Checkpoints and measures must come from the files.
-    for patch in patches:
-      patch.start()
-      self.addCleanup(patch.stop)
-    with mock.patch.object(experiment, 'fine_tune', wraps=experiment.fine_tune) as fine_tune:
-      results = experiment.run(config, workdir)
-    self.assertEqual(fine_tune.call_count, len(self.results['checkpoints']))
-    self.assertEqual(results['scores'], self.results['scores'])
-    self.assertEqual(results['config']['fine_tune']['steps'], 5)
+  def test_no_file_and_a_corrupt_file(self):
+    with self.assertRaisesRegex(FileNotFoundError, 'ckpt_rank.finetune'):
+      experiment.load_ground_truth_table(os.path.join(self.dir, 'none.json'), self.config,
+                                         self.pool)
+    path = os.path.join(self.dir, 'bad.json')
+    with open(path, 'w') as f:
+      f.write('{"config": ')
+    with self.assertRaisesRegex(ValueError, 'not a ground-truth table'):
+      experiment.load_ground_truth_table(path, self.config, self.pool)
 
-  @parameterized.parameters('no_such_measure', 'nleep(no_such_option=1)')
-  def test_unknown_measure_raises_naming_it(self, spec):
-    config = offline.get_config('runlocal')
-    config.measures = ('leep', spec)
-    workdir = os.path.join(self._tempdir(), 'unused')
-    patches = _no_work_patches()
-    for patch in patches:
-      patch.start()
-      self.addCleanup(patch.stop)
-    with self.assertRaisesRegex(ValueError, 'no_such_'):
-      experiment.run(config, workdir)
-    self.assertFalse(os.path.exists(workdir))  # It failed before doing anything.
 
-  def test_unknown_config_key_raises_in_a_locked_config(self):
-    config = offline.get_config('runlocal')
-    config.lock()  # As main's --config flag does (lock_config=True).
-    with self.assertRaises(AttributeError):
-      config.no_such_key = 1
-    with self.assertRaises(AttributeError):
-      config.fine_tune.no_such_key = 1
-    config.fine_tune.steps = 7  # Known keys stay writable.
+class ConfigTest(absltest.TestCase):
 
-  def test_unknown_config_argument_raises(self):
-    with self.assertRaisesRegex(ValueError, 'runlcal'):
-      offline.get_config('runlcal')
+  def test_offline_configs_validate(self):
+    for arg in (None, 'runlocal'):
+      resolved = experiment.check_config(_offline_config(arg))
+      self.assertEqual(len(resolved), len(measures.names()))
 
-  def test_repeated_measure_raises(self):
-    with self.assertRaisesRegex(ValueError, 'repeats'):
-      config_lib.validate_measures(['knn', 'knn(k=5)', 'knn'])
+  def test_bad_fields_are_named(self):
+    config = _offline_config('runlocal')
+    config.measures = ('leep', 'no_such_measure')
+    with self.assertRaisesRegex(ValueError, 'no_such_measure'):
+      experiment.check_config(config)
+    config = _offline_config()
+    config.pool.groups.stages.checkpoints = ('mobilenet_v2', 'not_in_pool')
+    with self.assertRaisesRegex(ValueError, 'not_in_pool'):
+      experiment.check_config(config)
+    config = _offline_config()
+    config.measure_seeds = 0
+    with self.assertRaisesRegex(ValueError, 'measure_seeds'):
+      experiment.check_config(config)
 
-  def test_derived_seeds_are_deterministic_and_distinct(self):
+
+class SeedsTest(absltest.TestCase):
+
+  def test_seeds_are_a_function_of_seed_and_purpose(self):
     self.assertEqual(experiment.derive_seed(0, 'a'), experiment.derive_seed(0, 'a'))
     self.assertNotEqual(experiment.derive_seed(0, 'a'), experiment.derive_seed(0, 'b'))
     self.assertNotEqual(experiment.derive_seed(0, 'a'), experiment.derive_seed(1, 'a'))
 
-  def test_interrupted_write_leaves_no_file(self):
-    directory = self._tempdir()
-    path = os.path.join(directory, 'stage.json')
+  def test_measure_seeds(self):
+    config = _offline_config()
+    self.assertEqual(experiment.measure_seeds(config, measures.get('leep')), [])
+    seeds = experiment.measure_seeds(config, measures.get('nleep'))
+    self.assertLen(seeds, config.measure_seeds)
+    self.assertLen(set(seeds), config.measure_seeds)
+    self.assertNotEqual(seeds, experiment.measure_seeds(config, measures.get('parc')))
 
-    def write_then_fail(f):
-      f.write('{"partial": ')
-      raise KeyboardInterrupt
 
-    with self.assertRaises(KeyboardInterrupt):
-      experiment._atomic_write(path, write_then_fail, binary=False)
-    self.assertEqual(os.listdir(directory), [])
+class ScoringAndRankingTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    rng = np.random.default_rng(0)
+    cls.labels = np.arange(120) % 3
+    centres = rng.normal(size=(3, 8))
+    # Checkpoint i separates the classes better as i grows.
+    cls.features = {f'c{i}': (centres[cls.labels] * i + rng.normal(size=(120, 8))).astype(
+        np.float32) for i in range(4)}
+    cls.logits = {name: (f @ rng.normal(size=(8, 5))).astype(np.float32)
+                  for name, f in cls.features.items()}
+    cls.logits['c0'] = None  # No head.
+
+  def test_deterministic_measure_matches_a_direct_call_and_skips_headless(self):
+    measure = measures.get('leep')
+    scored = experiment.score_checkpoints(measure, self.labels, features=self.features,
+                                          logits=self.logits, seeds=[])
+    self.assertIn('skipped', scored['c0'])
+    self.assertIn('source classifier', scored['c0']['skipped'])
+    for name in ('c1', 'c2', 'c3'):
+      direct = float(measure.score(self.labels, source_logits=self.logits[name]))
+      self.assertAlmostEqual(scored[name]['mean'], direct, places=6)
+      self.assertEqual(scored[name]['seeds'], [])
+      self.assertLen(scored[name]['per_seed'], 1)
+
+  def test_keyed_measures_give_one_value_per_seed(self):
+    for spec in ('nleep(components_per_class=1)', 'parc'):
+      measure = measures.get(spec)
+      scored = experiment.score_checkpoints(measure, self.labels, features=self.features,
+                                            logits=self.logits, seeds=[3, 4])
+      for name in self.features:
+        self.assertEqual(scored[name]['seeds'], [3, 4])
+        self.assertLen(scored[name]['per_seed'], 2)
+        self.assertAlmostEqual(scored[name]['mean'], np.mean(scored[name]['per_seed']), places=6)
+      if spec.startswith('nleep'):  # The batched call equals one checkpoint at a time.
+        single = measures.nleep(self.features['c2'], self.labels, key=jax.random.key(4),
+                                components_per_class=1)
+        self.assertAlmostEqual(scored['c2']['per_seed'][1], float(single), places=4)
+
+  def test_ranking_judges_each_seed_against_scipy(self):
+    config = _offline_config()
+    config.measure_seeds = 2
+    measure = measures.get('nleep')
+    seeds = experiment.measure_seeds(config, measure)
+    scores = {'a': {'per_seed': [0.1, 0.4]}, 'b': {'per_seed': [0.2, 0.3]},
+              'c': {'per_seed': [0.3, 0.2]}, 'd': {'skipped': 'no head'},
+              'e': {'per_seed': [0.0, 0.0]}}
+    accuracies = {'a': 0.7, 'b': 0.8, 'c': 0.9, 'd': 0.5}  # 'e' has no ground truth.
+    evaluation = experiment._ranking(config, measure, 'task', '', ['a', 'b', 'c', 'd', 'e'],
+                                     scores, accuracies)
+    self.assertEqual(list(evaluation.checkpoints), ['a', 'b', 'c'])
+    self.assertEqual(list(evaluation.seeds), seeds)
+    acc = [0.7, 0.8, 0.9]
+    expected = [stats.kendalltau([0.1, 0.2, 0.3], acc)[0], stats.kendalltau([0.4, 0.3, 0.2], acc)[0]]
+    self.assertSequenceAlmostEqual(evaluation.metrics['kendall_tau'].per_seed, expected)
+    self.assertAlmostEqual(evaluation.metrics['kendall_tau'].mean, 0.0)
+    self.assertAlmostEqual(evaluation.metrics['recall@1'].per_seed[0], 1.0)
+    self.assertAlmostEqual(evaluation.metrics['recall@1'].per_seed[1], 0.0)
+
+  def test_fewer_than_two_ranked_is_a_recorded_skip(self):
+    config = _offline_config()
+    evaluation = experiment._ranking(config, measures.get('leep'), 't', 'g', ['a', 'b'],
+                                     {'a': {'per_seed': [0.1]}, 'b': {'skipped': 'x'}},
+                                     {'a': 0.5, 'b': 0.6})
+    self.assertIn('at least 2', evaluation.skipped_reason)
+    self.assertEmpty(evaluation.metrics)
 
 
 if __name__ == '__main__':

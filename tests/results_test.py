@@ -110,7 +110,7 @@ class MessagesTest(parameterized.TestCase):
       results.measure_score('nleep', 'c', 't', entry)
 
   def test_ground_truth_from_flat_sweep(self):
-    # The shape `experiment.fine_tune` returns.
+    # A flat sweep entry.
     entry = {'accuracy': 0.8, 'best_learning_rate': 0.1, 'wall_seconds': 3.0, 'sweep': [
         {'learning_rate': 0.01, 'final_train_loss': 0.5, 'train_accuracy': 0.9,
          'test_accuracy': 0.7},
