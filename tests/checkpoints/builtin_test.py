@@ -135,6 +135,30 @@ class RandomVariablesTest(absltest.TestCase):
 
 
 @pytest.mark.slow
+class AllTrainableTest(absltest.TestCase):
+
+  def test_every_layer_trains_and_batch_norm_keeps_the_flax_momentum(self):
+    import keras  # pylint: disable=g-import-not-at-top
+    inner = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1),
+                              keras.layers.BatchNormalization(momentum=0.999)])
+    inner.layers[0].trainable = False
+    outer = keras.Sequential([keras.Input((4, 4, 3)), inner,
+                              keras.layers.BatchNormalization(momentum=0.99)])
+    inner.trainable = False
+    builtin._all_trainable(outer)
+    batch_norms = [outer.layers[1], inner.layers[1]]
+    self.assertTrue(all(layer.trainable for layer in [outer, inner, *inner.layers]))
+    self.assertEqual([b.momentum for b in batch_norms], [builtin.BATCH_NORM_MOMENTUM] * 2)
+    # One training step moves the moving mean 10% of the way to the batch mean.
+    x = np.random.default_rng(0).normal(3.0, 1.0, (8, 4, 4, 3)).astype(np.float32)
+    batch_norm = inner.layers[1]
+    before = np.asarray(batch_norm.moving_mean.numpy())
+    outer(x, training=True)
+    batch_mean = np.asarray(inner.layers[0](x)).mean(axis=(0, 1, 2))  # The batch norm's input.
+    np.testing.assert_allclose(np.asarray(batch_norm.moving_mean.numpy()),
+                               0.9 * before + 0.1 * batch_mean, rtol=1e-4, atol=1e-5)
+
+
 class ImageNetTest(absltest.TestCase):
   """Real weights through the Flax path (about 20 s: reading the weights, compiling Lite0)."""
 
