@@ -1,6 +1,6 @@
 r"""The offline benchmark: real checkpoints ranked on real tasks, nothing downloaded at run time.
 
-The README's main command (a few minutes on 2 CPU cores, with the committed ground truth):
+The README's main command (with the committed ground truth; see the README for its measured cost):
   python -m ckpt_rank.main --config=experiments/offline.py --workdir=/tmp/ckpt_rank_offline
 
 Regenerate the committed ground truth (one background run, about 80 minutes on 2 free cores;
@@ -8,7 +8,7 @@ finished cells are kept when it is interrupted and rerun):
   python -m ckpt_rank.finetune --config=experiments/offline.py --workdir=/tmp/ckpt_rank_gt
   cp /tmp/ckpt_rank_gt/ground_truth.json experiments/ground_truth/offline.json
 
-Small variant (a few minutes on CPU: three checkpoints on 100 sklearn digits at 32 px, ground
+Small variant (several minutes on CPU: three checkpoints on 100 sklearn digits at 32 px, ground
 truth fine-tuned in the run for 3 steps; what tests/main_test.py runs):
   python -m ckpt_rank.main --config=experiments/offline.py:runlocal --workdir=/tmp/ckpt_rank_local
 
