@@ -10,8 +10,10 @@ from sklearn import linear_model
 from ckpt_rank import measures
 from ckpt_rank.measures import _linear
 
-# One problem shape for most tests, so that the probe kernel compiles once.
+# One problem shape for most tests, so that the probe kernel compiles once; a second one with
+# more dimensions than fitting rows.
 N, D, C = 90, 5, 3
+WIDE_N, WIDE_D = 60, 150
 STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0)
 FOLDS = 3
 # Tight solver settings for comparisons with scikit-learn.
@@ -55,6 +57,22 @@ def reference_probe(features, labels, key, l2_strengths, num_folds):
   mean = accuracies.mean(axis=0)
   best = max(range(len(l2_strengths)), key=lambda s: (mean[s], l2_strengths[s]))
   return mean[best], accuracies
+
+
+def textbook_two_loop(g, s_list, y_list, precondition):
+  """The textbook L-BFGS two-loop recursion (Nocedal, Wright, Alg. 7.4), oldest pair first."""
+  q = g.copy()
+  alphas = []
+  for s, y in reversed(list(zip(s_list, y_list))):
+    alpha = np.vdot(s, q) / np.vdot(s, y)
+    q = q - alpha * y
+    alphas.append(alpha)
+  s_new, y_new = s_list[-1], y_list[-1]
+  r = np.vdot(s_new, y_new) / np.vdot(y_new, precondition @ y_new) * (precondition @ q)
+  for (s, y), alpha in zip(zip(s_list, y_list), reversed(alphas)):
+    beta = np.vdot(y, r) / np.vdot(s, y)
+    r = r + (alpha - beta) * s
+  return r
 
 
 class FitLogisticRegressionTest(parameterized.TestCase):
@@ -102,6 +120,103 @@ class FitLogisticRegressionTest(parameterized.TestCase):
     self.assertLess(int(info.num_iters), 500)
     self.assertTrue(np.all(np.isfinite(np.asarray(params))))
 
+  def test_two_loop_from_inner_products_matches_textbook(self):
+    # Ring buffer of m = _MEMORY_SIZE slots holding 7 pairs, the newest in slot 2.
+    rng = np.random.default_rng(0)
+    m, k, dim, newest = _linear._MEMORY_SIZE, 7, 12, 2
+    a = rng.normal(size=(dim, dim))
+    hessian = a @ a.T + np.eye(dim)
+    b = rng.normal(size=(dim, dim))
+    precondition = np.linalg.inv(b @ b.T + np.eye(dim))
+    s_list = [rng.normal(size=dim) for _ in range(k)]
+    y_list = [hessian @ s for s in s_list]
+    g = rng.normal(size=dim)
+    slots = [(newest - (k - 1) + i) % m for i in range(k)]  # Oldest first.
+    s_hist, py_hist = np.zeros((m, dim)), np.zeros((m, dim))
+    sy, ypy, rho = np.full((m, m), 7.0), np.full((m, m), 7.0), np.full(m, 7.0)  # Junk if unused.
+    for i, slot in enumerate(slots):
+      s_hist[slot], py_hist[slot] = s_list[i], precondition @ y_list[i]
+      rho[slot] = 1 / np.vdot(s_list[i], y_list[i])
+      for j, other in enumerate(slots):
+        sy[slot, other] = np.vdot(s_list[i], y_list[j])
+        ypy[slot, other] = np.vdot(y_list[i], precondition @ y_list[j])
+    hg = _linear._two_loop(jnp.asarray(precondition @ g), jnp.asarray(s_hist),
+                           jnp.asarray(py_hist), jnp.asarray(sy), jnp.asarray(ypy),
+                           jnp.asarray(rho), jnp.asarray(s_hist @ g), jnp.asarray(py_hist @ g),
+                           jnp.int32(k), jnp.int32(newest))
+    np.testing.assert_allclose(np.asarray(hg), textbook_two_loop(g, s_list, y_list, precondition),
+                               rtol=1e-4, atol=1e-6)
+
+  def test_two_loop_without_pairs_is_the_preconditioner(self):
+    m = _linear._MEMORY_SIZE
+    pg = jnp.arange(6.0)
+    zeros = jnp.zeros((m, 6))
+    hg = _linear._two_loop(pg, zeros, zeros, jnp.zeros((m, m)), jnp.zeros((m, m)),
+                           jnp.zeros(m), jnp.zeros(m), jnp.zeros(m), jnp.int32(0),
+                           jnp.int32(m - 1))
+    np.testing.assert_array_equal(np.asarray(hg), np.asarray(pg))
+
+
+class LinearAlgebraTest(parameterized.TestCase):
+
+  @parameterized.parameters(2, 6, 10, 80)
+  def test_round_robin_pairs_every_two_indices_once(self, size):
+    perm = _linear._round_robin_permutation(size)
+    order, half, pairs = np.arange(size), size // 2, set()
+    for _ in range(size - 1):
+      pairs.update(frozenset((order[i], order[i + half])) for i in range(half))
+      order = order[perm]
+    self.assertLen(pairs, size * (size - 1) // 2)
+    np.testing.assert_array_equal(order, np.arange(size))  # A sweep restores the order.
+
+  @parameterized.parameters(1, 2, 5, 33, 80)
+  def test_jacobi_eigh_matches_numpy(self, k):
+    rng = np.random.default_rng(k)
+    a = rng.normal(size=(k, k + 3))
+    # A wide spectrum (condition ~1e6) and a repeated eigenvalue.
+    matrix = (a * np.logspace(0, -3, k + 3)) @ a.T
+    if k > 2:
+      matrix[:, 0] = matrix[0, :] = 0
+      matrix[0, 0] = matrix[1, 1]
+    eigenvalues, vectors = _linear._jacobi_eigh(jnp.asarray(matrix, jnp.float32))
+    eigenvalues, vectors = np.asarray(eigenvalues, np.float64), np.asarray(vectors, np.float64)
+    expected = np.linalg.eigvalsh(matrix)[::-1]
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(eigenvalues, expected, atol=1e-5 * scale)
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(k), atol=1e-5)
+    np.testing.assert_allclose(matrix @ vectors, vectors * eigenvalues, atol=1e-5 * scale)
+
+  def test_orthonormalize_spans_the_columns(self):
+    rng = np.random.default_rng(0)
+    # Graded columns (norms 1 to 1e-4), then 6 columns in the span of the first 4: numerically
+    # dependent ones must come out as 0 (their rounding residues would not be orthogonal).
+    y = rng.normal(size=(50, 10)) * np.logspace(0, -4, 10)
+    y = np.concatenate([y, y[:, :4] @ rng.normal(size=(4, 6))], axis=1)
+    q = np.asarray(_linear._orthonormalize(jnp.asarray(y, jnp.float32)), np.float64)
+    independent = np.arange(16) < 10
+    np.testing.assert_array_equal(np.linalg.norm(q, axis=0) > 0.5, independent)
+    np.testing.assert_allclose(q.T @ q, np.diag(independent.astype(float)), atol=1e-5)
+    np.testing.assert_allclose(q @ (q.T @ y), y, atol=1e-5 * np.abs(y).max())
+
+  @parameterized.parameters((8, 8, 3), (40, 150, 17), (70, 75, 5))
+  def test_row_space_coordinates(self, n, d, h):
+    rng = np.random.default_rng(n)
+    fit = rng.normal(size=(n, d))
+    fit[3] = 0  # A padding row.
+    fit[5] = fit[6] + fit[7]  # A dependent row.
+    held = rng.normal(size=(h, d))
+    fit_z, held_z = _linear._row_space_coordinates(jnp.asarray(fit, jnp.float32),
+                                                   jnp.asarray(held, jnp.float32))
+    fit_z, held_z = np.asarray(fit_z, np.float64), np.asarray(held_z, np.float64)
+    self.assertEqual(fit_z.shape, (n, n))
+    self.assertEqual(held_z.shape, (h, n))
+    # Coordinates in an orthonormal basis of the fitting rows' span preserve all inner products
+    # with the fitting rows.
+    scale = np.abs(fit @ fit.T).max()
+    np.testing.assert_allclose(fit_z @ fit_z.T, fit @ fit.T, atol=1e-5 * scale)
+    np.testing.assert_allclose(held_z @ fit_z.T, held @ fit.T, atol=1e-5 * scale)
+    np.testing.assert_array_equal(np.triu(fit_z, 1), 0)  # R' is lower triangular.
+
 
 class StratifiedFoldsTest(parameterized.TestCase):
 
@@ -135,6 +250,89 @@ class LinearProbeTest(parameterized.TestCase):
     self.assertAlmostEqual(
         float(measures.linear_probe(features, labels, key=key, l2_strengths=STRENGTHS,
                                     num_folds=FOLDS, **TIGHT)), expected_score, places=6)
+
+  @parameterized.named_parameters(
+      # 40 fitting rows in 150 dimensions: the fits run in the rows' span.
+      ('more_dims_than_rows', WIDE_N, WIDE_D, 0.2, 'row_space'),
+      ('fewer_dims_than_rows', N, D, 1.0, 'primal'),
+  )
+  def test_matches_sklearn(self, n, d, separation, formulation):
+    self.assertEqual(_linear._pick_formulation(d, n - n // FOLDS), formulation)
+    features, labels = make_data(n=n, d=d, separation=separation)
+    key = jax.random.PRNGKey(3)
+    result = _linear._linear_probe(features, labels, key=key, num_classes=None,
+                                   l2_strengths=STRENGTHS, num_folds=FOLDS, **TIGHT)
+    expected_score, expected = reference_probe(features, labels, key, STRENGTHS, FOLDS)
+    self.assertTrue(np.all(np.asarray(result.info.converged)))
+    np.testing.assert_allclose(np.asarray(result.accuracies), expected, atol=1e-6)
+    self.assertAlmostEqual(float(result.score), expected_score, places=6)
+
+  def test_row_space_fit_equals_full_dimensional_fit(self):
+    # The previous formulation (all D dimensions) against the fit in the fitting rows' span, on
+    # the same folds: the same optimum, so the same held-out predictions.
+    features, labels = make_data(n=WIDE_N, d=WIDE_D, separation=0.2)
+    kwargs = dict(key=jax.random.PRNGKey(5), num_classes=None, l2_strengths=STRENGTHS,
+                  num_folds=FOLDS, **TIGHT)
+    full = _linear._linear_probe(features, labels, formulation='primal', **kwargs)
+    reduced = _linear._linear_probe(features, labels, **kwargs)  # 'auto': the row space.
+    for result in (full, reduced):
+      self.assertTrue(np.all(np.asarray(result.info.converged)))
+    np.testing.assert_allclose(np.asarray(reduced.accuracies), np.asarray(full.accuracies),
+                               atol=1e-6)
+    self.assertEqual(float(reduced.score), float(full.score))
+
+  def test_row_space_fit_matches_float64_sklearn_including_weak_strengths(self):
+    features, labels = make_data(n=WIDE_N, d=WIDE_D, separation=0.2)
+    strengths = (1e-5, 1e-3, 1e-1)
+    key = jax.random.PRNGKey(1)
+    with jax.enable_x64(True):
+      result = _linear._linear_probe(features.astype(np.float64), labels, key=key,
+                                     num_classes=None, l2_strengths=strengths,
+                                     num_folds=FOLDS, max_iters=3000, tol=1e-10)
+      self.assertEqual(result.accuracies.dtype, jnp.float64)
+    self.assertTrue(np.all(np.asarray(result.info.converged)))
+    expected_score, expected = reference_probe(features, labels, key, strengths, FOLDS)
+    np.testing.assert_allclose(np.asarray(result.accuracies), expected, atol=1e-12)
+    self.assertAlmostEqual(float(result.score), expected_score, places=12)
+
+  def test_constant_columns_change_the_formulation_not_the_score(self):
+    # 100 constant columns take D = 5 past the 60 fitting rows: the probe switches to the
+    # row-space fit, on the same problem (constant columns standardise to 0).
+    features, labels = make_data()
+    padded = np.concatenate([features, np.full((N, 100), 2.5, np.float32)], axis=1)
+    kwargs = dict(key=jax.random.PRNGKey(4), num_classes=None, l2_strengths=STRENGTHS,
+                  num_folds=FOLDS, **TIGHT)
+    small = _linear._linear_probe(features, labels, **kwargs)
+    wide = _linear._linear_probe(padded, labels, **kwargs)
+    self.assertTrue(np.all(np.asarray(wide.info.converged)))
+    # Rank 5 in 60 row-space coordinates: the rounding-level directions must not slow it down.
+    self.assertLess(int(np.max(wide.info.num_iters)), 3 * int(np.max(small.info.num_iters)) + 20)
+    np.testing.assert_allclose(np.asarray(wide.accuracies), np.asarray(small.accuracies),
+                               atol=1e-6)
+
+  def test_rank_deficient_rows_match_sklearn(self):
+    # Repeated examples and low-rank features (rank 8 in 150 dimensions), D > n.
+    rng = np.random.default_rng(8)
+    features, labels = make_data(n=WIDE_N, d=WIDE_D, separation=0.5)
+    features = (features @ rng.normal(size=(WIDE_D, 8)) @ rng.normal(size=(8, WIDE_D))).astype(
+        np.float32)
+    features[40:50], labels[40:50] = features[:10], labels[:10]
+    key = jax.random.PRNGKey(2)
+    result = _linear._linear_probe(features, labels, key=key, num_classes=None,
+                                   l2_strengths=STRENGTHS, num_folds=FOLDS, **TIGHT)
+    self.assertTrue(np.all(np.asarray(result.info.converged)))
+    _, expected = reference_probe(features, labels, key, STRENGTHS, FOLDS)
+    np.testing.assert_allclose(np.asarray(result.accuracies), expected, atol=1e-6)
+
+  @parameterized.parameters('primal', 'row_space')
+  def test_no_lapack_calls(self, formulation):
+    # JAX's CPU LAPACK runs in OpenBLAS's thread pool, whose spinning threads made the probe
+    # 3-4 times slower on a loaded machine (module docstring): the kernel must not call it.
+    lowered = _linear._probe_kernel.lower(
+        jnp.zeros((N, 100)), jnp.arange(N) % C, jax.random.PRNGKey(0), jnp.asarray(STRENGTHS),
+        jnp.int32(10), jnp.float32(1e-6), num_classes=C, num_folds=FOLDS,
+        formulation=formulation)
+    self.assertNotIn('lapack', lowered.as_text().lower())
 
   def test_class_with_fewer_examples_than_folds(self):
     features, labels = make_data()
