@@ -431,10 +431,14 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
     num_classes: C; inferred from concrete labels, required under jit/vmap.
     pca_energy: keep the fewest leading principal components whose cumulative explained-variance
       ratio exceeds this (scikit-learn's `PCA(n_components=pca_energy)`); 1.0 keeps all.
-    max_pca_dim: upper bound on the kept dimensions. With concrete features it defaults to the
-      largest dimension any checkpoint needs, rounded up to a multiple of 8; under a trace to
-      min(N, D). Feature sets needing
-      fewer dims are padded and masked (exact, see module docstring).
+    max_pca_dim: upper bound on the kept dimensions. Under a trace it defaults to min(N, D), and
+      feature sets needing fewer dims are padded and masked (exact, see module docstring). With
+      concrete features and no bound, the feature sets are grouped by the dims their PCA keeps
+      (at most 8, 9-16, 17-32, ...: `_pca_dim_group`), and each group runs as one kernel padded
+      to its largest dim rounded up to a multiple of 8: a vmapped EM runs as long as its slowest
+      fit and costs as much per iteration as its widest one, and low-dimensional feature sets
+      (which take many more EM iterations) no longer pay for the high-dimensional ones. Each
+      group's result is that of its feature sets alone, in the order given.
     components_per_class: V = components_per_class * C under the 'per_class' rule (paper: 5).
     component_rule: 'per_class' (paper) or 'pactran' (max(min(C, 0.2N), 0.1N)). V is capped at
       N // 2 either way; the result records V used and requested.
@@ -475,22 +479,42 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
 
   axes, ratios = jax.vmap(_pca_basis_jit)(features)
   pca_dims = jax.vmap(pca_dim_for_energy, in_axes=(0, None))(ratios, pca_energy)
-  if max_pca_dim is None:
-    if _validation.is_concrete(pca_dims):
+  static = dict(num_classes=num_classes, num_components=num_components,
+                requested_components=requested, covariance_type=covariance_type,
+                max_iters=int(max_iters), tol=float(tol), reg_covar=float(reg_covar),
+                kmeans_iters=int(kmeans_iters))
+  labels = jnp.asarray(labels, jnp.int32)
+  if max_pca_dim is None and _validation.is_concrete(pca_dims):
+    dims = np.asarray(pca_dims)
+    groups = {}
+    for m, dim in enumerate(dims):
+      groups.setdefault(_pca_dim_group(int(dim)), []).append(m)
+    parts, order = [], []
+    for members in groups.values():
       # Rounded up to a multiple of 8 (exact, by masking) so that feature sets whose PCA keeps
       # similar numbers of dims share one compiled kernel.
-      max_pca_dim = -(-int(np.max(pca_dims)) // _PCA_DIM_BUCKET) * _PCA_DIM_BUCKET
-    else:
-      max_pca_dim = min(n, d)
+      width = min(-(-int(dims[members].max()) // _PCA_DIM_BUCKET) * _PCA_DIM_BUCKET, n, d)
+      index = np.asarray(members)
+      parts.append(_nleep_batch_kernel(features[index], labels, keys, axes[index, :, :width],
+                                       pca_dims[index], **static))
+      order.extend(members)
+    if len(parts) == 1:
+      return parts[0]
+    inverse = np.argsort(np.asarray(order))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0)[inverse], *parts)
+  if max_pca_dim is None:
+    max_pca_dim = min(n, d)
   max_pca_dim = int(min(max_pca_dim, n, d))
   if max_pca_dim < 1:
     raise ValueError(f'max_pca_dim must be >= 1, got {max_pca_dim}.')
   pca_dims = jnp.minimum(pca_dims, max_pca_dim)
-  return _nleep_batch_kernel(
-      features, jnp.asarray(labels, jnp.int32), keys, axes[:, :, :max_pca_dim], pca_dims,
-      num_classes=num_classes, num_components=num_components, requested_components=requested,
-      covariance_type=covariance_type, max_iters=int(max_iters), tol=float(tol),
-      reg_covar=float(reg_covar), kmeans_iters=int(kmeans_iters))
+  return _nleep_batch_kernel(features, labels, keys, axes[:, :, :max_pca_dim], pca_dims,
+                             **static)
+
+
+def _pca_dim_group(dim: int) -> int:
+  """The group of a PCA dim in `nleep_batch`: 0 for dims <= 8, then k for 2^(k+2) < dim <= 2^(k+3)."""
+  return max(0, math.ceil(math.log2(max(dim, 1))) - 3)
 
 
 def nleep_fit(features, labels, *, key=None, **kwargs) -> NLEEPResult:

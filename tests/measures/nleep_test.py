@@ -152,6 +152,30 @@ class NleepTest(parameterized.TestCase):
     np.testing.assert_allclose(batch.score[:, 0], [float(r.score) for r in loop], atol=1e-4)
     np.testing.assert_allclose(batch.log_likelihood[:, 0], [float(r.log_likelihood) for r in loop],
                                rtol=1e-4, atol=1e-3)
+    # One kernel for all three (a bound given): the narrower ones padded to the widest and masked.
+    widest = max(int(r.pca_dim) for r in loop)
+    padded = measures.nleep_batch(stack, labels, keys=jax.random.key(1), max_pca_dim=widest)
+    np.testing.assert_array_equal(padded.pca_dim[:, 0], [int(r.pca_dim) for r in loop])
+    np.testing.assert_allclose(padded.score[:, 0], [float(r.score) for r in loop], atol=1e-4)
+
+  def test_pca_dim_groups(self):
+    groups = [_nleep._pca_dim_group(d) for d in (1, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129)]
+    self.assertEqual(groups, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5])
+
+  def test_grouped_batch_keeps_the_order_of_the_feature_sets(self):
+    # Interleaved low- and high-dimensional feature sets: two groups, results in input order.
+    rng = np.random.default_rng(0)
+    labels = np.arange(300) % 3
+    low = np.eye(3)[labels] @ rng.normal(size=(3, 40)) + 0.05 * rng.normal(size=(300, 40))
+    high = rng.normal(size=(300, 40))
+    stack = np.stack([low, high, low * 2, high + 1]).astype(np.float32)
+    batch = measures.nleep_batch(stack, labels, keys=jax.random.key(2))
+    loop = [measures.nleep_fit(f, labels, key=jax.random.key(2)) for f in stack]
+    dims = [int(r.pca_dim) for r in loop]
+    self.assertNotEqual(_nleep._pca_dim_group(dims[0]), _nleep._pca_dim_group(dims[1]))
+    np.testing.assert_array_equal(batch.pca_dim[:, 0], dims)
+    np.testing.assert_allclose(batch.score[:, 0], [float(r.score) for r in loop], atol=1e-4)
+    np.testing.assert_array_equal(batch.num_iters[:, 0], [int(r.num_iters) for r in loop])
 
   @parameterized.parameters(5, 16, 17, 40, 100)
   def test_lower_triangular_inverse(self, d):
