@@ -27,8 +27,9 @@ therefore loads no checkpoint, extracts no features, scores nothing and fine-tun
 only rebuilds results and report from the files. Files are written to a temporary name and
 renamed into place, so an interrupted run never leaves a partial file. Only process 0 writes.
 
-Determinism: measures that take a key get `config.measure_seeds` seeds derived from
-`config.seed` (`derive_seed`); the seeds are in every score file and in the results.
+Determinism: measures that take a key get `config.measure_seeds` seeds (or
+`config.measure_seed_counts.<name>`) derived from `config.seed` (`derive_seed`); the seeds are in
+every score file and in the results.
 """
 
 import hashlib
@@ -73,11 +74,16 @@ def derive_seed(seed: int, purpose: str) -> int:
 
 
 def measure_seeds(config, measure: measures_lib.Measure) -> list[int]:
-  """The seeds of `measure` in this config: [] for a deterministic measure."""
+  """The seeds of `measure` in this config: [] for a deterministic measure.
+
+  `config.measure_seed_counts.<name>` (optional) overrides `config.measure_seeds` for one measure.
+  The i-th seed does not depend on the count, so fewer seeds are a prefix of more.
+  """
   if not measure.uses_key:
     return []
-  return [derive_seed(config.seed, f'measure/{measure.name}/{i}')
-          for i in range(int(config.measure_seeds))]
+  counts = config.get('measure_seed_counts') or {}
+  count = counts.get(measure.name, config.measure_seeds)
+  return [derive_seed(config.seed, f'measure/{measure.name}/{i}') for i in range(int(count))]
 
 
 def _is_writer() -> bool:

@@ -47,7 +47,7 @@ from absl import logging
 FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     '': (('seed', 'image_size', 'data_dir', 'pool', 'tasks', 'train_role', 'max_train_examples',
           'eval_role', 'max_eval_examples', 'fine_tune', 'features', 'measures', 'measure_seeds',
-          'ground_truth', 'ranking_ks'), ()),
+          'ground_truth', 'ranking_ks'), ('measure_seed_counts',)),
     'pool': (('checkpoints',), ('snapshots', 'groups', 'load_options')),
     'fine_tune': (('learning_rates', 'step_budgets', 'batch_size', 'warmup_steps',
                    'decay_fractions', 'momentum', 'weight_decay', 'seed'), ()),
@@ -127,6 +127,24 @@ def _check_section(config, path: str, problems: list[str]) -> None:
                     f'{sorted(required + optional)}.')
 
 
+def _check_seed_counts(config, problems: list[str]) -> None:
+  """`config.measure_seed_counts`: measure name -> a positive number of seeds (optional)."""
+  from ckpt_rank import measures  # pylint: disable=g-import-not-at-top
+  counts = config.get('measure_seed_counts')
+  if counts is None:
+    return
+  if not hasattr(counts, 'items'):
+    problems.append(f'config.measure_seed_counts must map measure names to seed counts, got '
+                    f'{counts!r}.')
+    return
+  keyed = sorted(n for n in measures.names() if measures.get(n).uses_key)
+  for name, count in counts.items():
+    if name not in keyed:
+      problems.append(f'config.measure_seed_counts.{name}: not a measure that takes a key (those '
+                      f'are {", ".join(keyed)}).')
+    _positive_int(count, f'config.measure_seed_counts.{name}', problems)
+
+
 def _positive_int(value, what: str, problems: list[str], *, allow_none: bool = False) -> None:
   if value is None and allow_none:
     return
@@ -188,6 +206,7 @@ def validate_config(config) -> None:
     config_lib.validate_measures(config.measures)
   except ValueError as e:
     problems.append(str(e))
+  _check_seed_counts(config, problems)
 
   # Tasks and roles (the snapshot runs' source tasks are checked with their own role).
   roles = {'train_role': config.train_role, 'eval_role': config.eval_role}

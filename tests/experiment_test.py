@@ -171,6 +171,30 @@ class SeedsTest(absltest.TestCase):
     self.assertLen(set(seeds), config.measure_seeds)
     self.assertNotEqual(seeds, experiment.measure_seeds(config, measures.get('parc')))
 
+  def test_seed_count_of_one_measure(self):
+    config = _offline_config()
+    self.assertEqual(config.measure_seed_counts.linear_probe, 1)
+    probe = measures.get('linear_probe(tol=0.0001)')
+    self.assertLen(experiment.measure_seeds(config, probe), 1)
+    self.assertLen(experiment.measure_seeds(config, measures.get('nleep')), config.measure_seeds)
+    # Fewer seeds are the first ones of more.
+    with config.unlocked():
+      config.measure_seed_counts.linear_probe = 4
+    more = experiment.measure_seeds(config, probe)
+    self.assertLen(more, 4)
+    config.measure_seed_counts.linear_probe = 1
+    self.assertEqual(experiment.measure_seeds(config, probe), more[:1])
+
+  def test_bad_seed_counts_are_named(self):
+    config = _offline_config()
+    with config.unlocked():
+      config.measure_seed_counts.leep = 2  # Takes no key.
+      config.measure_seed_counts.linear_probe = 0
+    with self.assertRaisesRegex(ValueError, r'measure_seed_counts\.leep: not a measure that takes'):
+      experiment.check_config(config)
+    with self.assertRaisesRegex(ValueError, r'measure_seed_counts\.linear_probe must be a positive'):
+      experiment.check_config(config)
+
 
 class ScoringAndRankingTest(absltest.TestCase):
 
