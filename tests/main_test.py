@@ -87,6 +87,10 @@ class EndToEndTest(absltest.TestCase):
     # Seeds are recorded with the keyed measures' scores.
     nleep = [s for s in results.scores if s.measure.startswith('nleep')]
     self.assertTrue(all(len(s.seeds) == 2 and len(s.per_seed) == 2 for s in nleep))
+    # config.measure_seed_counts: one seed for the linear probe and PARC.
+    single = [s for s in results.scores if s.measure.split('(')[0] in ('linear_probe', 'parc')]
+    self.assertLen(single, 2 * 3)
+    self.assertTrue(all(len(s.seeds) == 1 for s in single))
     # The printed table and the report.
     self.assertIn('Ranking metrics averaged over 1 task(s)', process.stdout)
     self.assertIn('| logme |', process.stdout)
