@@ -227,10 +227,12 @@ def sfda_numpy(features, labels, shrinkage=None):
   x = np.array(features, np.float64)  # A copy: ConfMix below writes into it.
   probs, means, shrinkage = _fisher_posteriors(x, labels, shrinkage)
   soft = np.exp(probs) / np.exp(probs).sum(1, keepdims=True)
+  # The authors' ConfMix target: the mean of the other classes' means ("outer classes means").
+  others = (means.sum(0) - means) / (len(means) - 1)
   for c in np.unique(labels):
     rows = labels == c
     p = soft[rows, c][:, None]
-    x[rows] = p * x[rows] + (1 - p) * means[c]
+    x[rows] = p * x[rows] + (1 - p) * others[c]
   probs, _, _ = _fisher_posteriors(x, labels, shrinkage)
   return float(probs[np.arange(len(labels)), labels].mean())
 
