@@ -86,6 +86,13 @@ def measure_seeds(config, measure: measures_lib.Measure) -> list[int]:
   return [derive_seed(config.seed, f'measure/{measure.name}/{i}') for i in range(int(count))]
 
 
+def _score_inputs(config, record, measure: measures_lib.Measure) -> dict:
+  """What a stored score was computed from: features, measure spec and code, seeds."""
+  return {'format_version': FORMAT_VERSION, 'features': record['checksum'],
+          'measure': measure.spec, 'code': measure.code_version,
+          'seeds': measure_seeds(config, measure)}
+
+
 def _is_writer() -> bool:
   return jax.process_index() == 0
 
@@ -403,9 +410,7 @@ def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
       records[name] = record
     for measure in measure_list:
       path = os.path.join(workdir, 'measures', task, name, _file_slug(measure.spec) + '.json')
-      inputs = None if record is None else {
-          'format_version': FORMAT_VERSION, 'features': record['checksum'],
-          'measure': measure.spec, 'seeds': measure_seeds(config, measure)}
+      inputs = None if record is None else _score_inputs(config, record, measure)
       stored = None if inputs is None else _stored(path, inputs)
       score_paths[(measure.spec, name)] = path
       score_inputs[(measure.spec, name)] = inputs
@@ -470,8 +475,7 @@ def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
         measure, labels, features={n: arrays[n].pre_logits for n in names},
         logits={n: arrays[n].logits for n in names}, seeds=seeds)
     for name in names:
-      inputs = {'format_version': FORMAT_VERSION, 'features': records[name]['checksum'],
-                'measure': measure.spec, 'seeds': seeds}
+      inputs = _score_inputs(config, records[name], measure)
       entry = results_lib.jsonable(computed[name])
       _write_json(score_paths[(measure.spec, name)], {'inputs': inputs, 'score': entry})
       scores[measure.spec][name] = entry

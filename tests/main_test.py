@@ -16,6 +16,7 @@ import tempfile
 from absl.testing import absltest
 import pytest
 
+from ckpt_rank import measures
 from ckpt_rank import results as results_lib
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,16 +112,26 @@ class EndToEndTest(absltest.TestCase):
     self.assertEqual(list(rerun.scores), list(results.scores))
     self.assertEqual(list(rerun.rankings), list(results.rankings))
 
-    # A lost score file (as a crash leaves it) is recomputed alone, from cached features.
+    # A lost score file (as a crash leaves it) is recomputed alone, from cached features, and so
+    # is a score that other measure code computed (its stored code version differs).
     lost = next(p for p in files if p.startswith('measures') and 'logme' in p)
     os.remove(os.path.join(workdir, lost))
+    old_code = next(p for p in files if p.startswith('measures') and 'sfda' in p)
+    with open(os.path.join(workdir, old_code)) as f:
+      stored = json.load(f)
+    self.assertEqual(stored['inputs']['code'], measures.get('sfda').code_version)
+    stored['inputs']['code'] = 'other-code'
+    with open(os.path.join(workdir, old_code), 'w') as f:
+      json.dump(stored, f)
     third = _run_main('--config=experiments/offline.py:runlocal', f'--workdir={workdir}')
     self.assertEqual(third.returncode, 0, msg=third.stderr[-5000:])
     work = _work(workdir)
-    self.assertEqual(work['scores_computed'], 1)
+    self.assertEqual(work['scores_computed'], 2)
     self.assertEqual(work['features_extracted'], 0)  # Read back from the feature cache.
     self.assertEqual(work['ground_truth_cells_computed'], 0)
     self.assertTrue(os.path.exists(os.path.join(workdir, lost)))
+    with open(os.path.join(workdir, old_code)) as f:
+      self.assertEqual(json.load(f)['inputs']['code'], measures.get('sfda').code_version)
 
 
 class FlagsTest(absltest.TestCase):

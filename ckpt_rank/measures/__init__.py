@@ -7,7 +7,10 @@ raise `ValueError` naming the problem; under `jit`/`vmap` pass the static sizes 
 """
 
 import dataclasses
+import functools
+import hashlib
 import inspect
+import sys
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -53,6 +56,15 @@ class Measure:
     return self.input != FEATURES
 
   @property
+  def code_version(self) -> str:
+    """A hash of the source of the measure's module and the measure modules it imports.
+
+    Stored with every score an experiment writes, so that a score computed by other code (a
+    fixed bug, a changed default) is recomputed instead of reused.
+    """
+    return _code_version(self.fn.__module__)
+
+  @property
   def spec(self) -> str:
     args = ', '.join(f'{k}={v!r}' for k, v in sorted(self.kwargs.items()))
     return f'{self.name}({args})' if args else self.name
@@ -80,6 +92,20 @@ class Measure:
 
 
 _REGISTRY: registry.Registry[Measure] = registry.Registry('measure')
+
+
+@functools.lru_cache(maxsize=None)
+def _code_version(module_name: str) -> str:
+  module = sys.modules[module_name]
+  modules = {module_name: module}
+  for value in vars(module).values():
+    if inspect.ismodule(value) and value.__name__.startswith(__name__ + '.'):
+      modules[value.__name__] = value
+  digest = hashlib.sha1()
+  for name in sorted(modules):
+    with open(inspect.getsourcefile(modules[name]), 'rb') as f:
+      digest.update(name.encode() + b'\0' + f.read())
+  return digest.hexdigest()[:12]
 
 
 def _register(name: str, fn: Callable[..., jnp.ndarray], input_kind: str) -> None:

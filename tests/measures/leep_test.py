@@ -1,6 +1,7 @@
 """Tests for LEEP and NCE against independent NumPy references."""
 
 import functools
+import hashlib
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -10,6 +11,7 @@ import numpy as np
 
 from ckpt_rank import measures
 from ckpt_rank.measures import _leep
+from ckpt_rank.measures import _sfda
 
 
 def leep_reference(probs, labels):
@@ -186,6 +188,19 @@ class RegistryTest(parameterized.TestCase):
                                nce_reference(probs.argmax(1), labels), rtol=1e-5)
     with self.assertRaisesRegex(ValueError, 'has no head'):
       measures.get('leep').score(labels, features=probs)
+
+  def test_code_version_hashes_the_measure_modules(self):
+    # The same module: one version; hyper-parameters do not change it.
+    self.assertEqual(measures.get('leep').code_version, measures.get('nce').code_version)
+    self.assertEqual(measures.get('nleep').code_version,
+                     measures.get('nleep(components_per_class=1)').code_version)
+    self.assertNotEqual(measures.get('leep').code_version, measures.get('sfda').code_version)
+    # Independently: SFDA's module and the measure module it imports, hashed in name order.
+    digest = hashlib.sha1()
+    for module in sorted([_sfda, _sfda._validation], key=lambda m: m.__name__):
+      with open(module.__file__, 'rb') as f:
+        digest.update(module.__name__.encode() + b'\0' + f.read())
+    self.assertEqual(measures.get('sfda').code_version, digest.hexdigest()[:12])
 
   @parameterized.parameters(
       ('unknown_measure', 'Unknown measure .*known: .*leep'),
