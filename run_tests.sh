@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source tools/venv.sh
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest --durations=25 "$@"  # The 25 slowest tests close the log.
