@@ -3,7 +3,8 @@ r"""The offline benchmark's linear probe at its library default and at looser to
 Reads the features a finished offline run cached (`./run_main.sh`, or the command in
 `experiments/offline.py`), scores every (task, checkpoint) with the run's first linear-probe seed
 at each setting, and prints scores and seconds per call (the first call of each setting and
-feature shape includes its compilation). This is the measurement behind `experiments/offline.py`'s linear-probe setting:
+feature shape includes its compilation). This is the measurement behind the linear-probe setting
+of `experiments/offline.py`:
   .venv/bin/python benchmarks/offline_probe_tolerance.py --workdir=workdir/offline
 """
 

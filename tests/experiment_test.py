@@ -192,7 +192,8 @@ class SeedsTest(absltest.TestCase):
       config.measure_seed_counts.linear_probe = 0
     with self.assertRaisesRegex(ValueError, r'measure_seed_counts\.leep: not a measure that takes'):
       experiment.check_config(config)
-    with self.assertRaisesRegex(ValueError, r'measure_seed_counts\.linear_probe must be a positive'):
+    with self.assertRaisesRegex(ValueError,
+                                r'measure_seed_counts\.linear_probe must be a positive'):
       experiment.check_config(config)
 
 

@@ -513,7 +513,7 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
 
 
 def _pca_dim_group(dim: int) -> int:
-  """The group of a PCA dim in `nleep_batch`: 0 for dims <= 8, then k for 2^(k+2) < dim <= 2^(k+3)."""
+  """A PCA dim's group in `nleep_batch`: 0 for dims <= 8, else k for 2^(k+2) < dim <= 2^(k+3)."""
   return max(0, math.ceil(math.log2(max(dim, 1))) - 3)
 
 

@@ -238,15 +238,20 @@ class StratifiedFoldsTest(parameterized.TestCase):
 
 class LinearProbeTest(parameterized.TestCase):
 
-  def test_matches_reference_protocol(self):
-    features, labels = make_data()
-    key = jax.random.PRNGKey(7)
+  def assert_matches_reference(self, features, labels, key):
+    """Every (fold, strength) accuracy and the score equal scikit-learn's; returns the score."""
     result = _linear._linear_probe(features, labels, key=key, num_classes=None,
                                    l2_strengths=STRENGTHS, num_folds=FOLDS, **TIGHT)
     expected_score, expected = reference_probe(features, labels, key, STRENGTHS, FOLDS)
     self.assertTrue(np.all(np.asarray(result.info.converged)))
     np.testing.assert_allclose(np.asarray(result.accuracies), expected, atol=1e-6)
     self.assertAlmostEqual(float(result.score), expected_score, places=6)
+    return expected_score
+
+  def test_matches_reference_protocol(self):
+    features, labels = make_data()
+    key = jax.random.PRNGKey(7)
+    expected_score = self.assert_matches_reference(features, labels, key)
     self.assertAlmostEqual(
         float(measures.linear_probe(features, labels, key=key, l2_strengths=STRENGTHS,
                                     num_folds=FOLDS, **TIGHT)), expected_score, places=6)
@@ -259,13 +264,7 @@ class LinearProbeTest(parameterized.TestCase):
   def test_matches_sklearn(self, n, d, separation, formulation):
     self.assertEqual(_linear._pick_formulation(d, n - n // FOLDS), formulation)
     features, labels = make_data(n=n, d=d, separation=separation)
-    key = jax.random.PRNGKey(3)
-    result = _linear._linear_probe(features, labels, key=key, num_classes=None,
-                                   l2_strengths=STRENGTHS, num_folds=FOLDS, **TIGHT)
-    expected_score, expected = reference_probe(features, labels, key, STRENGTHS, FOLDS)
-    self.assertTrue(np.all(np.asarray(result.info.converged)))
-    np.testing.assert_allclose(np.asarray(result.accuracies), expected, atol=1e-6)
-    self.assertAlmostEqual(float(result.score), expected_score, places=6)
+    self.assert_matches_reference(features, labels, jax.random.PRNGKey(3))
 
   def test_row_space_fit_equals_full_dimensional_fit(self):
     # The previous formulation (all D dimensions) against the fit in the fitting rows' span, on
