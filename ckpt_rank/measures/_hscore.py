@@ -38,24 +38,23 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from ckpt_rank.measures import _linalg
 from ckpt_rank.measures import _logme
 from ckpt_rank.measures import _validation
 
 
 def _class_spectrum(features: jax.Array, labels: jax.Array, num_classes: int):
   """Returns (l [k], w [k], trace of X^T X) for centred features; see the module doc."""
-  n, d = features.shape
   centred = features - features.mean(axis=0)
   onehot = jax.nn.one_hot(labels, num_classes, dtype=centred.dtype)  # [N, C]
   counts = onehot.sum(axis=0)
   # Q = one-hot / sqrt(n_c); empty classes get a zero column.
   indicator = onehot / jnp.sqrt(jnp.where(counts > 0, counts, 1))
-  if d <= n:
-    eigvals, right = jnp.linalg.eigh(centred.T @ centred)
-    weights = jnp.sum(((indicator.T @ centred) @ right)**2, axis=0)
+  eigvals, vectors, right = _linalg.gram_eigh(centred)
+  if right:
+    weights = jnp.sum(((indicator.T @ centred) @ vectors)**2, axis=0)
   else:
-    eigvals, left = jnp.linalg.eigh(centred @ centred.T)
-    weights = jnp.maximum(eigvals, 0) * jnp.sum((indicator.T @ left)**2, axis=0)
+    weights = jnp.maximum(eigvals, 0) * jnp.sum((indicator.T @ vectors)**2, axis=0)
   eigvals = jnp.maximum(eigvals, 0)
   return eigvals, weights, jnp.sum(centred**2)
 

@@ -44,6 +44,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from ckpt_rank.measures import _linalg
 from ckpt_rank.measures import _validation
 
 DEFAULT_MAX_ITERS = 1000
@@ -108,14 +109,12 @@ def _spectrum(features: jax.Array, targets: jax.Array):
   to 0 together with their projections.
   """
   n, d = features.shape
-  if d <= n:
-    eigvals, right = jnp.linalg.eigh(features.T @ features)  # [D], [D, D]
-    # u_j^T t = v_j^T F^T t / sqrt(s_j).
-    proj = right.T @ (features.T @ targets)  # [D, C]
+  eigvals, vectors, right = _linalg.gram_eigh(features)
+  if right:  # vectors [D, D]: u_j^T t = v_j^T F^T t / sqrt(s_j).
+    proj = vectors.T @ (features.T @ targets)  # [D, C]
     scale = jnp.sqrt(jnp.maximum(eigvals, 0))
-  else:
-    eigvals, left = jnp.linalg.eigh(features @ features.T)  # [N], [N, N]
-    proj = left.T @ targets  # [N, C]
+  else:  # vectors [N, N]: the u_j themselves.
+    proj = vectors.T @ targets  # [N, C]
     scale = jnp.ones_like(eigvals)
   cutoff = max(n, d) * jnp.finfo(eigvals.dtype).eps * jnp.max(eigvals)
   nonzero = eigvals > cutoff
