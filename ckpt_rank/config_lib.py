@@ -1,11 +1,40 @@
 """Helpers shared by the configs in experiments/ (configs import this, never each other)."""
 
 import ast
+import importlib.util
+import os
 from typing import Any, Sequence
 
 import ml_collections
 
 from ckpt_rank import measures
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config that ``--config=SPEC`` gives the binaries, e.g. ``"experiments/vtab.py:runlocal"``.
+
+  Args:
+    spec: a config file's path, optionally followed by ``:`` and its argument. A relative path
+      is read from the working directory, else from the repository root (so notebooks and
+      scripts run anywhere in a checkout).
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: a file without `get_config`, or an argument the config rejects.
+  """
+  path, _, arg = spec.partition(':')
+  path = os.path.expanduser(path)
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'No config file at {spec.partition(":")[0]!r} (nor at {path}).')
+  module_spec = importlib.util.spec_from_file_location(
+      '_ckpt_rank_config_' + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not callable(getattr(module, 'get_config', None)):
+    raise ValueError(f'{path} defines no get_config(); it is not an experiment config.')
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:

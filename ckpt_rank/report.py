@@ -73,7 +73,8 @@ def _file_name(text: str) -> str:
   return re.sub(r'[^A-Za-z0-9_.-]+', '_', text).strip('._') or '_'
 
 
-def _metric_names(evaluations: Sequence[results_pb2.RankingEvaluation]) -> list[str]:
+def metric_names(evaluations: Sequence[results_pb2.RankingEvaluation]) -> list[str]:
+  """The metrics the evaluations hold, in the report's column order."""
   present = dict.fromkeys(n for e in evaluations for n in e.metrics)
   return [n for n in _METRIC_HEADERS if n in present] + [n for n in present
                                                          if n not in _METRIC_HEADERS]
@@ -134,7 +135,7 @@ def _metric_table(view: _View, evaluations: dict[str, results_pb2.RankingEvaluat
                   task: Optional[str], with_cost: bool = True) -> list[str]:
   """Measures x metrics, then (`with_cost`) the measure's wall time and its share of
   fine-tuning's, on `task` or (None) summed over tasks."""
-  metrics = _metric_names(list(evaluations.values()))
+  metrics = metric_names(list(evaluations.values()))
   finetune = (view.finetune_seconds if task is None else
               sum(g.wall_seconds for g in view.results.ground_truth if g.task == task))
   header = (['measure', 'M'] + [_METRIC_HEADERS.get(m, m) for m in metrics] +
@@ -309,7 +310,7 @@ def _metrics_figure(view: _View, evaluations: dict[str, results_pb2.RankingEvalu
   """Heat map of measures x metrics (colour: mean; text: mean ± spread)."""
   measures = [m for m in view.measures if m in evaluations and
               not evaluations[m].skipped_reason]
-  metrics = _metric_names([evaluations[m] for m in measures])
+  metrics = metric_names([evaluations[m] for m in measures])
   if not measures or not metrics:
     return None
   means = np.full((len(measures), len(metrics)), np.nan)
@@ -374,6 +375,33 @@ def _scatter_figure(view: _View, task: str) -> Optional[figure_lib.Figure]:
   fig.suptitle(f'{task}: measure score vs fine-tuned accuracy', fontsize=9)
   fig.tight_layout()
   return fig
+
+
+def _check_results(results, fn: str) -> None:
+  if not isinstance(results, results_pb2.Results):
+    raise ValueError(f'{fn}: expected a results_pb2.Results, got {type(results).__name__}.')
+
+
+def metrics_figure(results: results_pb2.Results, *, group: str = ''
+                   ) -> Optional[figure_lib.Figure]:
+  """The report's heat map of measures x metrics averaged over tasks (None if no rankings).
+
+  A matplotlib `Figure` (Agg canvas, no pyplot): a notebook shows it as the cell's value.
+  """
+  _check_results(results, 'metrics_figure')
+  view = _View(results)
+  return _metrics_figure(view, view.evaluations(task='', group=group))
+
+
+def scatter_figure(results: results_pb2.Results, task: str) -> Optional[figure_lib.Figure]:
+  """The report's per-measure plots of score against fine-tuned accuracy on `task` (None if
+  the task has no scored checkpoint with ground truth)."""
+  _check_results(results, 'scatter_figure')
+  view = _View(results)
+  if task not in view.tasks:
+    raise ValueError(f'scatter_figure: no task {task!r} in these results (they have '
+                     f'{view.tasks}).')
+  return _scatter_figure(view, task)
 
 
 # ----------------------------------------------------------------------------------------------
