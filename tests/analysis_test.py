@@ -27,7 +27,8 @@ def _build(rng):
     for name, accuracy in zip(_CHECKPOINTS, accuracies):
       truth[task, name] = accuracy
       message.ground_truth.append(results.ground_truth(name, task, {
-          'accuracy': accuracy, 'learning_rate': 0.01, 'wall_seconds': 3.0}))
+          'accuracy': accuracy, 'best_settings': {'learning_rate': 0.01}, 'sweep': [],
+          'wall_seconds': 3.0}))
     for measure, seeds in ((_SEEDED, _SEEDS), ('leep', ())):
       names = list(_CHECKPOINTS[:3] if measure == 'leep' else _CHECKPOINTS)
       per_seed = rng.normal(size=(max(len(seeds), 1), len(names)))

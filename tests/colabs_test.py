@@ -33,20 +33,7 @@ def _images(nb) -> int:
 
 
 class NotebooksTest(parameterized.TestCase):
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls._tmp = tempfile.TemporaryDirectory()  # Shared: the notebooks prepare the same task.
-    cls.env = {'CKPT_RANK_QUICK': '1', 'CKPT_RANK_DATA_DIR': os.path.join(cls._tmp.name, 'tfds'),
-               'CKPT_RANK_FEATURE_CACHE': os.path.join(cls._tmp.name, 'features'),
-               'CKPT_RANK_RESULTS': os.path.join(_COLABS, 'data', 'offline_results.json'),
-               'MPLBACKEND': 'module://matplotlib_inline.backend_inline'}
-
-  @classmethod
-  def tearDownClass(cls):
-    cls._tmp.cleanup()
-    super().tearDownClass()
+  """What every committed notebook must be, read without running it."""
 
   def test_the_three_notebooks_are_there(self):
     self.assertEqual(_NOTEBOOKS, ['analyze_results', 'neucrab', 'quickstart'])
@@ -64,9 +51,28 @@ class NotebooksTest(parameterized.TestCase):
     self.assertFalse([c.source for c in nb.cells if c.cell_type == 'code' and
                       ('\nclass ' in '\n' + c.source)])
 
-  @pytest.mark.slow
-  @parameterized.parameters(*_NOTEBOOKS)
-  def test_executes_top_to_bottom(self, name):
+
+class _Execute(absltest.TestCase):
+  """Runs one notebook; one subclass per notebook, so that the test workers share them out."""
+
+  NAME = ''
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls._tmp = tempfile.TemporaryDirectory()
+    cls.env = {'CKPT_RANK_QUICK': '1', 'CKPT_RANK_DATA_DIR': os.path.join(cls._tmp.name, 'tfds'),
+               'CKPT_RANK_FEATURE_CACHE': os.path.join(cls._tmp.name, 'features'),
+               'CKPT_RANK_RESULTS': os.path.join(_COLABS, 'data', 'offline_results.json'),
+               'MPLBACKEND': 'module://matplotlib_inline.backend_inline'}
+
+  @classmethod
+  def tearDownClass(cls):
+    cls._tmp.cleanup()
+    super().tearDownClass()
+
+  def _execute(self):
+    name = self.NAME
     nb = nbformat.read(os.path.join(_COLABS, f'{name}.ipynb'), as_version=4)
     client = nbclient.NotebookClient(nb, timeout=_CELL_TIMEOUT_S, kernel_name='python3',
                                      resources={'metadata': {'path': self._tmp.name}})
@@ -80,6 +86,29 @@ class NotebooksTest(parameterized.TestCase):
     self.assertEqual(errors, [])
     if name in _WITH_PLOTS:
       self.assertGreaterEqual(_images(nb), 1, f'{name}.ipynb showed no plot.')
+
+
+class QuickstartTest(_Execute):
+  NAME = 'quickstart'
+
+  @pytest.mark.slow
+  def test_executes_top_to_bottom(self):
+    self._execute()
+
+
+class AnalyzeResultsTest(_Execute):
+  NAME = 'analyze_results'
+
+  def test_executes_top_to_bottom(self):
+    self._execute()
+
+
+class NeucrabTest(_Execute):
+  NAME = 'neucrab'
+
+  @pytest.mark.slow
+  def test_executes_top_to_bottom(self):
+    self._execute()
 
 
 if __name__ == '__main__':
