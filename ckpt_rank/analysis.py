@@ -23,7 +23,7 @@ from ckpt_rank import results as results_lib
 from ckpt_rank.protos import results_pb2
 
 # The files `results.write` puts in a workdir, in the order `load` tries them.
-_RESULT_FILES = ('results.json', 'results.binpb')
+_RESULT_FILES = (results_lib.JSON_NAME, results_lib.BINARY_NAME)
 
 
 def load(path: str) -> results_pb2.Results:
@@ -51,6 +51,10 @@ def _as_results(results: Union[str, results_pb2.Results]) -> results_pb2.Results
   raise ValueError(f'Expected a results_pb2.Results or a path, got {type(results).__name__}.')
 
 
+def _accuracies(results: results_pb2.Results) -> dict[tuple[str, str], float]:
+  return {(g.task, g.checkpoint): g.accuracy for g in results.ground_truth}
+
+
 def ground_truth_frame(results: Union[str, results_pb2.Results]) -> pd.DataFrame:
   """One row per (task, checkpoint): fine-tuned accuracy, the settings kept, sweep size, cost."""
   results = _as_results(results)
@@ -72,7 +76,7 @@ def scores_frame(results: Union[str, results_pb2.Results]) -> pd.DataFrame:
   accuracy_rank (1 = best fine-tuned), wall_seconds, skipped_reason (score NaN when skipped).
   """
   results = _as_results(results)
-  accuracy = {(g.task, g.checkpoint): g.accuracy for g in results.ground_truth}
+  accuracy = _accuracies(results)
   rows = [{
       'task': s.task, 'checkpoint': s.checkpoint, 'measure': s.measure,
       'score': math.nan if s.skipped_reason else s.value,
@@ -93,7 +97,7 @@ def seeds_frame(results: Union[str, results_pb2.Results]) -> pd.DataFrame:
   """One row per seed of every score: task, checkpoint, measure, seed (<NA> if deterministic),
   value, accuracy."""
   results = _as_results(results)
-  accuracy = {(g.task, g.checkpoint): g.accuracy for g in results.ground_truth}
+  accuracy = _accuracies(results)
   rows = []
   for s in results.scores:
     if s.skipped_reason:
@@ -125,15 +129,7 @@ def metrics_frame(results: Union[str, results_pb2.Results], *, task: Optional[st
     `skipped_reason`.
   """
   results = _as_results(results)
-  per_task = [e for e in results.rankings if e.group == group and e.task]
-  if task is not None:
-    evaluations = {e.measure: e for e in per_task if e.task == task}
-  else:
-    evaluations = {e.measure: e for e in results.rankings if e.group == group and not e.task}
-    for measure in dict.fromkeys(e.measure for e in per_task):
-      if measure not in evaluations:
-        evaluations[measure] = results_lib.average_over_tasks(
-            [e for e in per_task if e.measure == measure])
+  evaluations = report.evaluations(results, task=task or '', group=group)
   order = list(dict.fromkeys([m for m in results.measures if m in evaluations] +
                              list(evaluations)))
   rows = []

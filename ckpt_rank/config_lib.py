@@ -10,6 +10,14 @@ import ml_collections
 from ckpt_rank import measures
 
 
+def resolve_path(path: str) -> str:
+  """`path` as given when it exists; a relative one is also tried from the repository root."""
+  path = os.path.expanduser(path)
+  if os.path.isabs(path) or os.path.exists(path):
+    return os.path.abspath(path)
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """The config that ``--config=SPEC`` gives the binaries, e.g. ``"experiments/vtab.py:runlocal"``.
 
@@ -22,12 +30,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     FileNotFoundError: no such file.
     ValueError: a file without `get_config`, or an argument the config rejects.
   """
-  path, _, arg = spec.partition(':')
-  path = os.path.expanduser(path)
-  if not os.path.isabs(path) and not os.path.exists(path):
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+  given, _, arg = spec.partition(':')
+  path = resolve_path(given)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'No config file at {spec.partition(":")[0]!r} (nor at {path}).')
+    raise FileNotFoundError(f'No config file at {given!r} (nor at {path}).')
   module_spec = importlib.util.spec_from_file_location(
       '_ckpt_rank_config_' + os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(module_spec)

@@ -154,13 +154,7 @@ def check_config(config) -> list[measures_lib.Measure]:
   return config_lib.validate_measures(config.measures)
 
 
-def resolve_path(path: str) -> str:
-  """`path` as given when it exists; a relative one is also tried from the repository root."""
-  path = os.path.expanduser(path)
-  if os.path.isabs(path) or os.path.exists(path):
-    return os.path.abspath(path)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return os.path.join(root, path)
+resolve_path = config_lib.resolve_path  # Repository-relative paths of configs and tables.
 
 
 # ----------------------------------------------------------------------------------------------

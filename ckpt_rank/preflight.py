@@ -593,11 +593,8 @@ def check_datasets(task_names: Sequence[str], *, data_dir: Optional[str] = None
 # ----------------------------------------------------------------------------------------------
 
 def _resolve_path(path: str) -> str:
-  """`path`, or relative to the repository root when it does not exist relative to the cwd."""
-  path = os.path.expanduser(path)
-  if os.path.isabs(path) or os.path.exists(path):
-    return os.path.abspath(path)
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+  from ckpt_rank import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.resolve_path(path)
 
 
 def _ground_truth_problems(config, entries: Sequence[tuple[str, str]],

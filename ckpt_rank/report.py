@@ -271,9 +271,7 @@ def summary_markdown(results: results_pb2.Results) -> str:
 
   What `python -m ckpt_rank.main` prints and the README quotes; `report.md` holds more.
   """
-  if not isinstance(results, results_pb2.Results):
-    raise ValueError(f'summary_markdown: expected a results_pb2.Results, got '
-                     f'{type(results).__name__}.')
+  _check_results(results, 'summary_markdown')
   view = _View(results)
   tasks = ', '.join(view.tasks) or 'none'
   lines = [f'Ranking metrics averaged over {len(view.tasks)} task(s) ({tasks}); '
@@ -382,6 +380,14 @@ def _check_results(results, fn: str) -> None:
     raise ValueError(f'{fn}: expected a results_pb2.Results, got {type(results).__name__}.')
 
 
+def evaluations(results: results_pb2.Results, *, task: str = '', group: str = ''
+                ) -> dict[str, results_pb2.RankingEvaluation]:
+  """Measure -> evaluation of one (task, group), as the report shows it; task '' averages over
+  the tasks (`results.average_over_tasks`) unless the results hold the average."""
+  _check_results(results, 'evaluations')
+  return _View(results).evaluations(task=task, group=group)
+
+
 def metrics_figure(results: results_pb2.Results, *, group: str = ''
                    ) -> Optional[figure_lib.Figure]:
   """The report's heat map of measures x metrics averaged over tasks (None if no rankings).
@@ -422,9 +428,7 @@ def write_report(results: results_pb2.Results, workdir: str) -> list[str]:
   Raises:
     ValueError: `results` is not a `results_pb2.Results`.
   """
-  if not isinstance(results, results_pb2.Results):
-    raise ValueError(f'write_report: expected a results_pb2.Results, got '
-                     f'{type(results).__name__}.')
+  _check_results(results, 'write_report')
   view = _View(results)
   figures = {}
   averaged = view.evaluations(task='', group='')

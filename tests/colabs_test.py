@@ -1,8 +1,8 @@
 """Executes every notebook in colabs/ top to bottom with nbclient, offline, in quick mode.
 
-The notebooks set `CKPT_RANK_QUICK=1` semantics themselves (fewer images and checkpoints); the
-test also points the feature caches and the TFDS data dir at a temporary directory, so a run
-reads nothing a previous run left. A cell that raises fails the test with the cell's source and
+The test sets `CKPT_RANK_QUICK=1` (the notebooks then use fewer images and checkpoints) and
+points the feature caches and the TFDS data dir at a temporary directory, so a run reads nothing
+a previous run left. A cell that raises fails the test with the cell's source and
 traceback. The committed notebooks must have their outputs cleared.
 """
 
