@@ -7,7 +7,8 @@ x x^T [N, N]. Two savings over `jnp.linalg.eigh(x.T @ x)`, both exact:
   x[:, rows_i]^T x[:, :end_i]), and handed to `lax.linalg.eigh` with `symmetrize_input=False`,
   which documents that it reads only that triangle. With 4 panels that is 10/16 of the products.
   On a 2-core CPU (XLA's float64 GEMM is not OpenBLAS's) x^T x at N=5000, D=2048 took 1.70 s,
-  the panels 0.95 s; see `benchmarks/measures_bench.py`.
+  the panels 0.95 s (timed on their own, ad hoc); `benchmarks/measures_bench.py` times the
+  measures that use them.
 - The eigenvalues are not sorted (none of the measures needs an order), which skips a gather of
   the [D, D] eigenvector matrix.
 """
