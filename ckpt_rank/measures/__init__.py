@@ -27,9 +27,11 @@ from ckpt_rank.measures._linear import linear_probe
 from ckpt_rank.measures._logme import logme
 from ckpt_rank.measures._logme import logme_fit
 from ckpt_rank.measures._logme import LogMEResult
+from ckpt_rank.measures._nleep import chunk_size_for_budget
 from ckpt_rank.measures._nleep import nleep
 from ckpt_rank.measures._nleep import nleep_batch
 from ckpt_rank.measures._nleep import nleep_fit
+from ckpt_rank.measures._nleep import num_mixture_components
 from ckpt_rank.measures._nleep import NLEEPResult
 from ckpt_rank.measures._parc import parc
 from ckpt_rank.measures._sfda import sfda
@@ -152,7 +154,8 @@ def get(spec: str) -> Measure:
 
 
 __all__ = [
-    'FEATURES', 'SOURCE_PROBS', 'SOURCE_LABELS', 'LogMEResult', 'Measure', 'NLEEPResult', 'gbc',
-    'get', 'h_score', 'knn', 'leep', 'linear_probe', 'logme', 'logme_fit', 'names', 'nce', 'nleep',
-    'nleep_batch', 'nleep_fit', 'parc', 'sfda', 'shrinkage_h_score', 'transrate',
+    'FEATURES', 'SOURCE_PROBS', 'SOURCE_LABELS', 'LogMEResult', 'Measure', 'NLEEPResult',
+    'chunk_size_for_budget', 'gbc', 'get', 'h_score', 'knn', 'leep', 'linear_probe', 'logme',
+    'logme_fit', 'names', 'nce', 'nleep', 'nleep_batch', 'nleep_fit', 'num_mixture_components',
+    'parc', 'sfda', 'shrinkage_h_score', 'transrate',
 ]

@@ -19,6 +19,10 @@ passes float64 with x64 enabled). In float32 a component whose covariance is num
 (fewer points than dimensions) can fail its Cholesky factorisation; such a component is refactored
 with a larger ridge (1e-4 of its mean variance) and the event is counted in
 `NLEEPResult.num_regularized`, never silently turned into NaN.
+
+Memory: by default each fit holds [N, V] arrays (and [N, V, d] ones for full covariances) at
+once. With `chunk_size` = c, k-means, EM and the final LEEP run over chunks of c rows in
+O(c V d + V d^2 + N d) working memory; `chunk_size_for_budget` picks c for a memory budget.
 """
 
 import functools
@@ -197,6 +201,11 @@ def kmeans(key: jax.Array, points: jax.Array, num_centres: int, *, max_iters: in
 # ----------------------------------------------------------------------------------------------
 # Gaussian mixture EM.
 # ----------------------------------------------------------------------------------------------
+def _triangular_inverse_dim(dim: int, block: int = 16) -> int:
+  """The size `lower_triangular_inverse` pads [dim, dim] matrices to."""
+  return dim if dim <= block else block * 2**math.ceil(math.log2(dim / block))
+
+
 def lower_triangular_inverse(lower: jax.Array, block: int = 16) -> jax.Array:
   """Inverse of [..., d, d] lower-triangular matrices by 2 x 2 block recursion.
 
@@ -211,7 +220,7 @@ def lower_triangular_inverse(lower: jax.Array, block: int = 16) -> jax.Array:
   if d <= block:
     eye = jnp.broadcast_to(jnp.eye(d, dtype=lower.dtype), lower.shape)
     return lax.linalg.triangular_solve(lower, eye, left_side=True, lower=True)
-  padded = block * 2**math.ceil(math.log2(d / block))
+  padded = _triangular_inverse_dim(d, block)
   if padded != d:
     pad = [(0, 0)] * (lower.ndim - 2) + [(0, padded - d), (0, padded - d)]
     eye_tail = jnp.diag((jnp.arange(padded) >= d).astype(lower.dtype))
@@ -248,30 +257,44 @@ class _Mixture(NamedTuple):
 def _m_step(points, resp, active, reg_covar, covariance_type) -> _Mixture:
   """Maximum-likelihood parameters from responsibilities [N, K]; `active` is a [d] 0/1 mask."""
   dtype = points.dtype
-  n, d = points.shape
+  n, _ = points.shape
   counts = resp.sum(0) + 10 * jnp.finfo(dtype).eps  # [K]
   means = (resp.T @ points) / counts[:, None]        # [K, d]
-  num_active = active.sum()
   if covariance_type == 'full':
     # Centred per component before the product (no E[xx^T] - mu mu^T cancellation in float32).
     diff = (points[None, :, :] - means[:, None, :]) * jnp.sqrt(resp.T)[:, :, None]  # [K, N, d]
     cov = jnp.einsum('kni,knj->kij', diff, diff) / counts[:, None, None]
-    cov = cov + reg_covar * jnp.eye(d, dtype=dtype)
-    # Fallback ridge for numerically singular components (float32), see module docstring.
-    ridge = 1e-4 * jnp.trace(cov, axis1=1, axis2=2) / num_active
-    ridged = cov + ridge[:, None, None] * jnp.eye(d, dtype=dtype)
-    # Both factorisations in ONE batched call: two independent LAPACK Cholesky calls may run
-    # concurrently on XLA:CPU's two-thread pool, each waiting for batch work queued behind the
-    # other, and never return (seen with jax 0.10.2 for several checkpoints x several seeds).
-    chol, chol_ridged = jnp.split(jnp.linalg.cholesky(jnp.concatenate([cov, ridged])), 2)
-    failed = jnp.isnan(chol).any(axis=(1, 2))
-    chol = jnp.where(failed[:, None, None], chol_ridged, chol)
-    prec_chol = jnp.swapaxes(lower_triangular_inverse(chol), 1, 2)  # upper triangular
-    diag = jnp.diagonal(prec_chol, axis1=1, axis2=2)
-    log_det = (jnp.log(diag) * active).sum(1)
-    return _Mixture(jnp.log(counts / n), means, prec_chol, log_det, failed.sum())
-  # Per-dimension variances, E[x^2] - mean^2 (as scikit-learn), clamped at 0.
+    return _full_mixture(cov, counts, means, n, active, reg_covar)
   avg_sq = (resp.T @ (points**2)) / counts[:, None]
+  return _diagonal_mixture(avg_sq, counts, means, n, active, reg_covar, covariance_type)
+
+
+def _full_mixture(cov, counts, means, n, active, reg_covar) -> _Mixture:
+  """Full-covariance `_Mixture` from [K, d, d] covariances (before `reg_covar`) and [K] counts."""
+  dtype = cov.dtype
+  d = cov.shape[-1]
+  num_active = active.sum()
+  cov = cov + reg_covar * jnp.eye(d, dtype=dtype)
+  # Fallback ridge for numerically singular components (float32), see module docstring.
+  ridge = 1e-4 * jnp.trace(cov, axis1=1, axis2=2) / num_active
+  ridged = cov + ridge[:, None, None] * jnp.eye(d, dtype=dtype)
+  # Both factorisations in ONE batched call: two independent LAPACK Cholesky calls may run
+  # concurrently on XLA:CPU's two-thread pool, each waiting for batch work queued behind the
+  # other, and never return (seen with jax 0.10.2 for several checkpoints x several seeds).
+  chol, chol_ridged = jnp.split(jnp.linalg.cholesky(jnp.concatenate([cov, ridged])), 2)
+  failed = jnp.isnan(chol).any(axis=(1, 2))
+  chol = jnp.where(failed[:, None, None], chol_ridged, chol)
+  prec_chol = jnp.swapaxes(lower_triangular_inverse(chol), 1, 2)  # upper triangular
+  diag = jnp.diagonal(prec_chol, axis1=1, axis2=2)
+  log_det = (jnp.log(diag) * active).sum(1)
+  return _Mixture(jnp.log(counts / n), means, prec_chol, log_det, failed.sum())
+
+
+def _diagonal_mixture(avg_sq, counts, means, n, active, reg_covar,
+                      covariance_type) -> _Mixture:
+  """Diagonal or spherical `_Mixture` from [K, d] weighted means of x^2 and [K] counts."""
+  num_active = active.sum()
+  # Per-dimension variances, E[x^2] - mean^2 (as scikit-learn), clamped at 0.
   var = jnp.maximum(avg_sq - means**2, 0)
   if covariance_type == 'diag':
     var = var + reg_covar
@@ -304,11 +327,17 @@ def _log_gaussian(points, mixture: _Mixture, num_active, covariance_type):
   return -0.5 * (num_active * jnp.log(2 * jnp.pi) + maha) + mixture.log_det[None, :]
 
 
-def _e_step(points, mixture, num_active, covariance_type):
-  """Returns (mean log-likelihood, [N, K] log responsibilities)."""
+def _log_responsibilities(points, mixture, num_active, covariance_type):
+  """Returns ([N] log-likelihoods, [N, K] log responsibilities)."""
   weighted = _log_gaussian(points, mixture, num_active, covariance_type) + mixture.log_weights
   log_norm = jax.nn.logsumexp(weighted, axis=1)
-  return log_norm.mean(), weighted - log_norm[:, None]
+  return log_norm, weighted - log_norm[:, None]
+
+
+def _e_step(points, mixture, num_active, covariance_type):
+  """Returns (mean log-likelihood, [N, K] log responsibilities)."""
+  log_norm, log_resp = _log_responsibilities(points, mixture, num_active, covariance_type)
+  return log_norm.mean(), log_resp
 
 
 def fit_gmm(key: jax.Array, points: jax.Array, active: jax.Array, num_components: int, *,
@@ -358,25 +387,284 @@ def fit_gmm(key: jax.Array, points: jax.Array, active: jax.Array, num_components
 
 
 # ----------------------------------------------------------------------------------------------
+# Row-chunked k-means, EM and LEEP (`chunk_size`).
+#
+# The same algorithms as above, with every [N, K] or [N, K, d] intermediate computed over chunks
+# of c rows: each pass over the data is a loop over the B = ceil(N / c) chunk indices that
+# accumulates sums, one chunk at a time. Chunk b is the rows [s_b, s_b + c) of the [N, d] points
+# with s_b = min(b c, N - c): a dynamic slice, no padded or reshaped copy of the points (XLA
+# materialises a padded copy once per shape its consumers read it in, each as large as the
+# points). The last chunk overlaps the one before it when c does not divide N; the rows it
+# shares are masked out of every sum (`_fresh_rows`), and per-example outputs are written whole
+# (the shared rows get the same value twice). Peak working memory is O(c K d + K d^2 + N d) per
+# fit (see `chunk_size_for_budget`), whatever N K is. Results equal the unchunked ones up to
+# float rounding (sums are accumulated in another order).
+# ----------------------------------------------------------------------------------------------
+def _num_chunks(num_examples: int, chunk: int) -> int:
+  return -(-num_examples // chunk)
+
+
+def _chunk_start(b, chunk: int, num_examples: int):
+  return jnp.minimum(b * chunk, num_examples - chunk)
+
+
+def _chunk_rows(x: jax.Array, b, chunk: int) -> jax.Array:
+  """Rows [s_b, s_b + c) of [N, ...] `x`, chunk b."""
+  return lax.dynamic_slice_in_dim(x, _chunk_start(b, chunk, x.shape[0]), chunk)
+
+
+def _fresh_rows(b, chunk: int, num_examples: int) -> jax.Array:
+  """[c] mask of chunk b's rows that no earlier chunk holds (all but the overlap of the last)."""
+  return _chunk_start(b, chunk, num_examples) + jnp.arange(chunk) >= b * chunk
+
+
+def _chunk_sum(fn, init, num_examples: int, chunk: int):
+  """sum_b fn(b) over the chunk indices (pytrees), one chunk at a time."""
+  return lax.fori_loop(0, _num_chunks(num_examples, chunk),
+                       lambda b, total: jax.tree.map(jnp.add, total, fn(b)), init)
+
+
+def _chunk_map(fn, out: jax.Array, chunk: int) -> jax.Array:
+  """[N, ...] `out` with the rows of every chunk b set to fn(b) [c, ...]."""
+  n = out.shape[0]
+  return lax.fori_loop(0, _num_chunks(n, chunk), lambda b, acc: lax.dynamic_update_slice_in_dim(
+      acc, fn(b).astype(acc.dtype), _chunk_start(b, chunk, n), 0), out)
+
+
+def _kmeans_plus_plus_chunked(key, points, num_centres, chunk):
+  """`kmeans_plus_plus` with its [N, T] candidate distances taken c rows at a time."""
+  n = points.shape[0]
+  num_trials = 2 + int(math.log(num_centres))
+  first_key, key = jax.random.split(key)
+  first = points[jax.random.randint(first_key, (), 0, n)]
+  closest = _chunk_map(lambda b: _sq_distances(_chunk_rows(points, b, chunk), first[None])[:, 0],
+                       jnp.zeros(n, points.dtype), chunk)
+  centres = jnp.zeros((num_centres, points.shape[1]), points.dtype).at[0].set(first)
+
+  def add_centre(i, carry):
+    centres, closest = carry
+    trial_key = jax.random.fold_in(key, i)
+    total = closest.sum()
+    probs = jnp.where(total > 0, closest / jnp.where(total > 0, total, 1), 1.0 / n)
+    candidates = points[jax.random.choice(trial_key, n, (num_trials,), p=probs)]  # [T, d]
+
+    def candidate_distances(b):  # [c, T]
+      return jnp.minimum(_chunk_rows(closest, b, chunk)[:, None],
+                         _sq_distances(_chunk_rows(points, b, chunk), candidates))
+
+    # Two passes: the potential of each candidate, then the distances to the best one.
+    potentials = _chunk_sum(
+        lambda b: jnp.where(_fresh_rows(b, chunk, n)[:, None], candidate_distances(b), 0).sum(0),
+        jnp.zeros(num_trials, points.dtype), n, chunk)
+    best = jnp.argmin(potentials)
+    closest = _chunk_map(lambda b: candidate_distances(b)[:, best], closest, chunk)
+    return centres.at[i].set(candidates[best]), closest
+
+  centres, _ = lax.fori_loop(1, num_centres, add_centre, (centres, closest))
+  return centres
+
+
+def _kmeans_chunked(key, points, num_centres, chunk, *, max_iters, tol, num_active_dims):
+  """`kmeans` over row chunks; returns ([N] assignments, [K, d] final centres).
+
+  The centre update is a segment sum of each chunk's rows by nearest centre (no [N, K] one-hot).
+  """
+  n = points.shape[0]
+  dtype = points.dtype
+  tol_abs = tol * points.var(axis=0).sum() / num_active_dims
+  centres = _kmeans_plus_plus_chunked(key, points, num_centres, chunk)
+
+  def assign(centres, b):
+    return jnp.argmin(_sq_distances(_chunk_rows(points, b, chunk), centres), axis=1)
+
+  def cond(state):
+    _, shift, it = state
+    return (shift > tol_abs) & (it < max_iters)
+
+  def body(state):
+    centres, _, it = state
+
+    def sums(b):
+      nearest = assign(centres, b)
+      weight = _fresh_rows(b, chunk, n).astype(dtype)
+      return (jax.ops.segment_sum(_chunk_rows(points, b, chunk) * weight[:, None], nearest,
+                                  num_centres),
+              jax.ops.segment_sum(weight, nearest, num_centres))
+
+    total, counts = _chunk_sum(sums, (jnp.zeros_like(centres), jnp.zeros(num_centres, dtype)),
+                               n, chunk)
+    new = jnp.where(counts[:, None] > 0, total / jnp.maximum(counts, 1)[:, None], centres)
+    return new, ((new - centres)**2).sum(), it + 1
+
+  inf = jnp.asarray(jnp.inf, dtype)
+  centres, _, _ = lax.while_loop(cond, body, (centres, inf, 0))
+  assignment = _chunk_map(functools.partial(assign, centres), jnp.zeros(n, jnp.int32), chunk)
+  return assignment, centres
+
+
+def _zero_statistics(num_components, d, dtype, covariance_type):
+  """Zeros shaped as `_chunk_statistics`."""
+  second = (num_components, d, d) if covariance_type == 'full' else (num_components, d)
+  return (jnp.zeros(num_components, dtype), jnp.zeros((num_components, d), dtype),
+          jnp.zeros(second, dtype), jnp.zeros((num_components, d), dtype))
+
+
+def _chunk_statistics(points, resp, centre, covariance_type):
+  """M-step sums over [c, d] rows with responsibilities [c, K] around the [K, d] `centre`.
+
+  Returns (sum r [K], sum r x [K, d], second, sum r (x - centre) [K, d]) with second the [K, d, d]
+  sum r (x - centre)(x - centre)^T for full covariances, the [K, d] sum r x^2 otherwise (whose
+  last entry is then unused zeros).
+  """
+  counts = resp.sum(0)
+  first = resp.T @ points
+  if covariance_type != 'full':
+    return counts, first, resp.T @ (points**2), jnp.zeros_like(first)
+  root = jnp.sqrt(resp.T)  # [K, c]
+  diff = (points[None, :, :] - centre[:, None, :]) * root[:, :, None]  # [K, c, d]
+  return (counts, first, jnp.einsum('kni,knj->kij', diff, diff),
+          jnp.einsum('kn,knd->kd', root, diff))
+
+
+def _mixture_from_statistics(stats, num_examples, active, reg_covar,
+                             covariance_type) -> _Mixture:
+  """`_m_step` from the sums of `_chunk_statistics` over all chunks.
+
+  Full covariances take one pass with a shift. With S = sum r (x - c)(x - c)^T and
+  s = sum r (x - c) around a centre c, the covariance is S / n_k - delta delta^T with
+  delta = s / n_k = mu - c. The centre is the previous means (the k-means centres for the first
+  M-step), which the E-step of the same pass uses anyway, so delta is one EM step's move of the
+  mean: the subtraction cancels about |delta|^2 / variance of the result, small after the first
+  steps and vanishing at convergence, where the raw E[x x^T] - mu mu^T would cancel
+  |mu|^2 / variance. Two exact passes (means, then centred moments) would need a second E-step
+  per EM iteration, which costs as much as the whole iteration (both are O(N K d^2)).
+  """
+  counts_raw, first, second, shifted = stats
+  counts = counts_raw + 10 * jnp.finfo(first.dtype).eps
+  means = first / counts[:, None]
+  if covariance_type == 'full':
+    delta = shifted / counts[:, None]
+    cov = second / counts[:, None, None] - delta[:, :, None] * delta[:, None, :]
+    return _full_mixture(cov, counts, means, num_examples, active, reg_covar)
+  return _diagonal_mixture(second / counts[:, None], counts, means, num_examples, active,
+                           reg_covar, covariance_type)
+
+
+def _fit_gmm_chunked(key, points, active, num_components, chunk, *, covariance_type, max_iters,
+                     tol, reg_covar, kmeans_iters):
+  """`fit_gmm` over row chunks; returns (mixture, iterations, converged, fallback ridges).
+
+  The final E-step is left to `_leep_chunked` (the posteriors are never stored).
+  """
+  n, d = points.shape
+  dtype = points.dtype
+  num_active = active.sum()
+  assignment, centres = _kmeans_chunked(key, points, num_components, chunk,
+                                        max_iters=kmeans_iters, tol=1e-4,
+                                        num_active_dims=num_active)
+  zeros = _zero_statistics(num_components, d, dtype, covariance_type)
+
+  def hard_statistics(b):
+    resp = (jax.nn.one_hot(_chunk_rows(assignment, b, chunk), num_components, dtype=dtype) *
+            _fresh_rows(b, chunk, n)[:, None])
+    return _chunk_statistics(_chunk_rows(points, b, chunk), resp, centres, covariance_type)
+
+  mixture = _mixture_from_statistics(_chunk_sum(hard_statistics, zeros, n, chunk), n, active,
+                                     reg_covar, covariance_type)
+
+  def cond(state):
+    _, _, it, converged, _ = state
+    return (~converged) & (it < max_iters)
+
+  def body(state):
+    mixture, prev_ll, it, _, num_reg = state
+
+    def e_and_m_statistics(b):
+      rows = _chunk_rows(points, b, chunk)
+      fresh = _fresh_rows(b, chunk, n)
+      log_norm, log_resp = _log_responsibilities(rows, mixture, num_active, covariance_type)
+      resp = jnp.where(fresh[:, None], jnp.exp(log_resp), 0)
+      return (jnp.where(fresh, log_norm, 0).sum(),
+              _chunk_statistics(rows, resp, mixture.means, covariance_type))
+
+    ll_sum, stats = _chunk_sum(e_and_m_statistics, (jnp.zeros((), dtype), zeros), n, chunk)
+    ll = ll_sum / n
+    mixture = _mixture_from_statistics(stats, n, active, reg_covar, covariance_type)
+    return mixture, ll, it + 1, jnp.abs(ll - prev_ll) < tol, num_reg + mixture.num_regularized
+
+  init = (mixture, jnp.asarray(-jnp.inf, dtype), 0, jnp.asarray(False), mixture.num_regularized)
+  mixture, _, iters, converged, num_reg = lax.while_loop(cond, body, init)
+  return mixture, iters, converged, num_reg
+
+
+def _leep_chunked(points, labels, mixture, num_active, covariance_type, num_classes, chunk):
+  """(`_leep.leep_from_posteriors` of the mixture's posteriors, mean log-likelihood), by chunks.
+
+  Two passes, each with its own E-step: the [C, K] joint of labels and posteriors, then the
+  expected empirical prediction of every example under the conditional built from it.
+  """
+  n = points.shape[0]
+  dtype = points.dtype
+
+  def posteriors(b):
+    fresh = _fresh_rows(b, chunk, n)
+    log_norm, log_resp = _log_responsibilities(_chunk_rows(points, b, chunk), mixture,
+                                               num_active, covariance_type)
+    return jnp.where(fresh, log_norm, 0), jnp.where(fresh[:, None], jnp.exp(log_resp), 0)
+
+  def joint_pass(b):
+    log_norm, post = posteriors(b)
+    onehot = jax.nn.one_hot(_chunk_rows(labels, b, chunk), num_classes, dtype=dtype)  # [c, C]
+    return onehot.T @ post, log_norm.sum()
+
+  num_components = mixture.means.shape[0]
+  joint, ll_sum = _chunk_sum(
+      joint_pass, (jnp.zeros((num_classes, num_components), dtype), jnp.zeros((), dtype)), n,
+      chunk)
+  cond = _leep.conditional_from_joint(joint / n)
+
+  def eep_pass(b):
+    _, post = posteriors(b)
+    eep = jnp.sum(cond[_chunk_rows(labels, b, chunk)] * post, axis=1)
+    # As `_leep.leep_from_posteriors`: e_i = 0 counts as a uniform guess, log(1/C).
+    log_eep = jnp.where(eep > 0, jnp.log(jnp.where(eep > 0, eep, 1)), -jnp.log(num_classes))
+    return jnp.where(_fresh_rows(b, chunk, n), log_eep, 0).sum()
+
+  return _chunk_sum(eep_pass, jnp.zeros((), dtype), n, chunk) / n, ll_sum / n
+
+
+# ----------------------------------------------------------------------------------------------
 # NLEEP kernels.
 # ----------------------------------------------------------------------------------------------
 def _nleep_single(features, labels, key, axes, pca_dim, *, num_classes, num_components,
                   requested_components, covariance_type, max_iters, tol, reg_covar,
-                  kmeans_iters) -> NLEEPResult:
+                  kmeans_iters, chunk_size) -> NLEEPResult:
   """NLEEP of one feature set and one key; `axes` [D, d_max] holds >= pca_dim principal axes."""
   active = (jnp.arange(axes.shape[1]) < pca_dim).astype(features.dtype)
-  points = ((features - features.mean(axis=0)) @ axes) * active
-  log_post, ll, iters, converged, num_reg = fit_gmm(
-      key, points, active, num_components, covariance_type=covariance_type, max_iters=max_iters,
-      tol=tol, reg_covar=reg_covar, kmeans_iters=kmeans_iters)
-  score = _leep.leep_from_posteriors(jnp.exp(log_post), labels, num_classes)
+  if chunk_size is None:
+    points = ((features - features.mean(axis=0)) @ axes) * active
+    log_post, ll, iters, converged, num_reg = fit_gmm(
+        key, points, active, num_components, covariance_type=covariance_type,
+        max_iters=max_iters, tol=tol, reg_covar=reg_covar, kmeans_iters=kmeans_iters)
+    score = _leep.leep_from_posteriors(jnp.exp(log_post), labels, num_classes)
+  else:
+    chunk = min(chunk_size, features.shape[0])
+    # Centred after the projection, x A - mean(x) A: no centred [N, D] copy of the features, so
+    # that the kernel's memory is O(N d), not O(N D). (This rounds worse than centring first
+    # only where the features' mean is large against their spread.)
+    points = (features @ axes - features.mean(axis=0) @ axes) * active
+    mixture, iters, converged, num_reg = _fit_gmm_chunked(
+        key, points, active, num_components, chunk, covariance_type=covariance_type,
+        max_iters=max_iters, tol=tol, reg_covar=reg_covar, kmeans_iters=kmeans_iters)
+    score, ll = _leep_chunked(points, labels, mixture, active.sum(), covariance_type,
+                              num_classes, chunk)
   return NLEEPResult(score, ll, iters, converged, pca_dim, jnp.asarray(num_components, jnp.int32),
                      jnp.asarray(requested_components, jnp.int32), num_reg,
                      jax.random.key_data(key))
 
 
 _STATIC = ('num_classes', 'num_components', 'requested_components', 'covariance_type',
-           'max_iters', 'tol', 'reg_covar', 'kmeans_iters')
+           'max_iters', 'tol', 'reg_covar', 'kmeans_iters', 'chunk_size')
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -402,7 +690,8 @@ def _as_keys(keys) -> jax.Array:
   return keys.reshape(-1)
 
 
-def _check_options(covariance_type, pca_energy, max_iters, tol, reg_covar, components_per_class):
+def _check_options(covariance_type, pca_energy, max_iters, tol, reg_covar, components_per_class,
+                   chunk_size):
   if covariance_type not in COVARIANCE_TYPES:
     raise ValueError(f'Unknown covariance_type {covariance_type!r}; expected one of '
                      f'{", ".join(COVARIANCE_TYPES)}.')
@@ -414,13 +703,86 @@ def _check_options(covariance_type, pca_energy, max_iters, tol, reg_covar, compo
     raise ValueError(f'tol and reg_covar must be >= 0, got tol={tol}, reg_covar={reg_covar}.')
   if components_per_class < 1:
     raise ValueError(f'components_per_class must be >= 1, got {components_per_class}.')
+  if chunk_size is not None and (isinstance(chunk_size, bool) or
+                                 not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
+    raise ValueError(f'chunk_size must be None or an int >= 1, got {chunk_size!r}.')
+
+
+def chunk_size_for_budget(num_examples: int, dim: int, num_components: int, budget_bytes: int, *,
+                          covariance_type: str = 'full', batch: int = 1,
+                          dtype_bytes: int = 4) -> int:
+  """The largest `chunk_size` whose NLEEP working memory fits `budget_bytes`.
+
+  The working memory of the chunked kernel (what XLA allocates beyond its inputs and outputs:
+  `memory_analysis().temp_size_in_bytes` of the compiled kernel), in elements of `dtype_bytes`
+  per fit, with N examples, V components, d = `dim`, c = chunk and d' = d padded as
+  `lower_triangular_inverse` pads it (d' = d up to 16, else 16 * 2^ceil(log2(d / 16))):
+
+    N part   2 N d + 8 N                     (the projected points and their projection's
+                                              temporary; per-example distances, assignments)
+    V part   full: 4 V d^2 + 2 V d'^2 + 16 V d + 16 V   (covariances, their factorisations and
+             diag, spherical: 16 V d + 16 V              inverses, precisions, the statistics)
+    c part   full: c (V d + 8 V + 8 d + 16)  (a [V, c, d] block of centred rows or projections,
+             diag, spherical: c (4 V + 4 d + 16)  [c, V] distances and responsibilities)
+
+  plus 64 KiB, all times `batch` (fits vmapped together: checkpoints x seeds of `nleep_batch`).
+  Each part bounds the largest buffers live in its phase (measured with jax 0.10.2 on XLA:CPU
+  for N up to 2e5, V up to 1000, d up to 128, batches up to 4: the sum was 1.2 to 2.9 times the
+  compiled kernel's temporary memory, never below it), and adding them bounds their maximum.
+  It assumes C <= V (true for the 'per_class' rule, V = 5 C). Not counted: the inputs, and the
+  PCA before the kernel, which holds a centred [N, D] copy of each feature set.
+
+  Args:
+    num_examples: N.
+    dim: the mixture's dimension: `max_pca_dim` (or its bound min(N, D) when unset).
+    num_components: V, see `num_mixture_components`.
+    budget_bytes: the memory the kernel's working set may take.
+    covariance_type: 'full', 'diag' or 'spherical'.
+    batch: fits that run at once (M feature sets x S keys).
+    dtype_bytes: 4 for float32 features, 8 for float64.
+
+  Returns:
+    The chunk: N if N rows fit, else the largest fitting multiple of 8 (the largest fitting
+    chunk below 8 when no multiple of 8 fits).
+
+  Raises:
+    ValueError: when the N and V parts alone (with one row) exceed the budget, or an argument is
+      out of range.
+  """
+  if covariance_type not in COVARIANCE_TYPES:
+    raise ValueError(f'Unknown covariance_type {covariance_type!r}; expected one of '
+                     f'{", ".join(COVARIANCE_TYPES)}.')
+  for name, value in (('num_examples', num_examples), ('dim', dim),
+                      ('num_components', num_components), ('batch', batch),
+                      ('dtype_bytes', dtype_bytes)):
+    if value < 1:
+      raise ValueError(f'{name} must be >= 1, got {value}.')
+  n, d, k = int(num_examples), int(dim), int(num_components)
+  padded = _triangular_inverse_dim(d)
+  if covariance_type == 'full':
+    fixed = 2 * n * d + 8 * n + 4 * k * d * d + 2 * k * padded * padded + 16 * k * d + 16 * k
+    per_row = k * d + 8 * k + 8 * d + 16
+  else:
+    fixed = 2 * n * d + 8 * n + 16 * k * d + 16 * k
+    per_row = 4 * k + 4 * d + 16
+  scale = int(batch) * int(dtype_bytes)
+  fixed_bytes = scale * fixed + int(batch) * (1 << 16)
+  if fixed_bytes + scale * per_row > budget_bytes:
+    raise ValueError(
+        f'budget_bytes={budget_bytes} is too small for NLEEP on N={n} examples, d={d}, '
+        f'V={k}, {covariance_type} covariances, batch={batch}: the O(N d + V d^2) part alone '
+        f'takes {fixed_bytes} bytes, and each row of a chunk {scale * per_row} more. Raise the '
+        f'budget, or lower max_pca_dim or the batch.')
+  chunk = min(n, (budget_bytes - fixed_bytes) // (scale * per_row))
+  return chunk if chunk == n or chunk < 8 else chunk // 8 * 8
 
 
 def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = None,
                 pca_energy: float = 0.8, max_pca_dim: Optional[int] = None,
                 components_per_class: int = 5, component_rule: str = 'per_class',
                 covariance_type: str = 'full', max_iters: int = 100, tol: float = 1e-3,
-                reg_covar: float = 1e-6, kmeans_iters: int = 100) -> NLEEPResult:
+                reg_covar: float = 1e-6, kmeans_iters: int = 100,
+                chunk_size: Optional[int] = None, mesh=None) -> NLEEPResult:
   """NLEEP for several checkpoints' features and several seeds in one vmapped call.
 
   Args:
@@ -447,11 +809,21 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
     tol: stop when the mean log-likelihood changes by less than this (paper: 1e-3).
     reg_covar: added to every covariance diagonal (paper: 1e-6).
     kmeans_iters: Lloyd iteration cap of the k-means initialisation.
+    chunk_size: None holds [N, V] (and, for full covariances, [N, V, d]) arrays of every fit at
+      once. An int computes k-means, EM and LEEP over chunks of this many examples, so that the
+      working memory no longer grows with N V: about `chunk_size_for_budget`'s formula (pick the
+      chunk with it). Equal to the unchunked result up to float rounding; a chunk above N is N.
+    mesh: a 1-D `jax.sharding.Mesh` (`ckpt_rank.parallel.global_mesh()`, every device of every
+      process): the M feature sets are split across its devices (padded to a multiple of the
+      device count with copies of the first, whose results are dropped), for the PCA and for
+      each kernel; every process passes the same concrete features and gets the whole result.
+      None: the default device.
 
   Returns:
     `NLEEPResult` whose fields have leading dims [M, S].
   """
-  _check_options(covariance_type, pca_energy, max_iters, tol, reg_covar, components_per_class)
+  _check_options(covariance_type, pca_energy, max_iters, tol, reg_covar, components_per_class,
+                 chunk_size)
   if keys is None:
     keys = jax.random.key(0)
   keys = _as_keys(keys)
@@ -477,13 +849,35 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
         f'nleep: N = {n} examples are too few for a mixture with at least one component per '
         f'class (C = {num_classes} needs N >= {2 * num_classes}).')
 
-  axes, ratios = jax.vmap(_pca_basis_jit)(features)
+  if mesh is None:
+    axes, ratios = jax.vmap(_pca_basis_jit)(features)
+  else:
+    if not _validation.is_concrete(features):
+      raise ValueError('nleep_batch: mesh= needs concrete features (call it outside jit).')
+    from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
+    placed, size = parallel.shard_leading(np.asarray(features), mesh)
+    axes, ratios = parallel.to_host(jax.vmap(_pca_basis_jit)(placed), size)
+    axes, ratios = jnp.asarray(axes), jnp.asarray(ratios)
   pca_dims = jax.vmap(pca_dim_for_energy, in_axes=(0, None))(ratios, pca_energy)
   static = dict(num_classes=num_classes, num_components=num_components,
                 requested_components=requested, covariance_type=covariance_type,
                 max_iters=int(max_iters), tol=float(tol), reg_covar=float(reg_covar),
-                kmeans_iters=int(kmeans_iters))
+                kmeans_iters=int(kmeans_iters),
+                chunk_size=None if chunk_size is None else int(chunk_size))
   labels = jnp.asarray(labels, jnp.int32)
+
+  def kernel(feats, kernel_axes, dims):
+    if mesh is None:
+      return _nleep_batch_kernel(feats, labels, keys, kernel_axes, dims, **static)
+    from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
+    (feats, kernel_axes, dims), size = parallel.shard_leading(
+        tuple(np.asarray(a) for a in (feats, kernel_axes, dims)), mesh)
+    shared_labels, key_data = parallel.replicate(
+        (np.asarray(labels), np.asarray(jax.random.key_data(keys))), mesh)
+    out = _nleep_batch_kernel(feats, shared_labels, jax.random.wrap_key_data(key_data),
+                              kernel_axes, dims, **static)
+    return jax.tree.map(jnp.asarray, parallel.to_host(out, size))
+
   if max_pca_dim is None and _validation.is_concrete(pca_dims):
     dims = np.asarray(pca_dims)
     groups = {}
@@ -495,8 +889,7 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
       # similar numbers of dims share one compiled kernel.
       width = min(-(-int(dims[members].max()) // _PCA_DIM_BUCKET) * _PCA_DIM_BUCKET, n, d)
       index = np.asarray(members)
-      parts.append(_nleep_batch_kernel(features[index], labels, keys, axes[index, :, :width],
-                                       pca_dims[index], **static))
+      parts.append(kernel(features[index], axes[index, :, :width], pca_dims[index]))
       order.extend(members)
     if len(parts) == 1:
       return parts[0]
@@ -508,8 +901,7 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
   if max_pca_dim < 1:
     raise ValueError(f'max_pca_dim must be >= 1, got {max_pca_dim}.')
   pca_dims = jnp.minimum(pca_dims, max_pca_dim)
-  return _nleep_batch_kernel(features, labels, keys, axes[:, :, :max_pca_dim], pca_dims,
-                             **static)
+  return kernel(features, axes[:, :, :max_pca_dim], pca_dims)
 
 
 def _pca_dim_group(dim: int) -> int:
@@ -536,7 +928,8 @@ def nleep(features, labels, *, key=None, num_classes: Optional[int] = None,
           pca_energy: float = 0.8, max_pca_dim: Optional[int] = None,
           components_per_class: int = 5, component_rule: str = 'per_class',
           covariance_type: str = 'full', max_iters: int = 100, tol: float = 1e-3,
-          reg_covar: float = 1e-6, kmeans_iters: int = 100) -> jax.Array:
+          reg_covar: float = 1e-6, kmeans_iters: int = 100,
+          chunk_size: Optional[int] = None) -> jax.Array:
   """Neural LEEP (Li et al. 2021): LEEP with a Gaussian mixture as the "source classifier".
 
   1. PCA of the centred features, keeping the fewest components whose cumulative explained
@@ -551,7 +944,7 @@ def nleep(features, labels, *, key=None, num_classes: Optional[int] = None,
     key: PRNG key of the mixture initialisation (default `jax.random.key(0)`, a fixed seed).
     num_classes: C; inferred from concrete labels, required under jit/vmap.
     pca_energy, max_pca_dim, components_per_class, component_rule, covariance_type, max_iters,
-      tol, reg_covar, kmeans_iters: see `nleep_batch`.
+      tol, reg_covar, kmeans_iters, chunk_size: see `nleep_batch`.
 
   Returns:
     The NLEEP score, a scalar. Use `nleep_fit` for the V, PCA dimension, iterations and seed
@@ -564,4 +957,4 @@ def nleep(features, labels, *, key=None, num_classes: Optional[int] = None,
       features, labels, key=key, num_classes=num_classes, pca_energy=pca_energy,
       max_pca_dim=max_pca_dim, components_per_class=components_per_class,
       component_rule=component_rule, covariance_type=covariance_type, max_iters=max_iters,
-      tol=tol, reg_covar=reg_covar, kmeans_iters=kmeans_iters).score
+      tol=tol, reg_covar=reg_covar, kmeans_iters=kmeans_iters, chunk_size=chunk_size).score
