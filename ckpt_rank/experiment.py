@@ -32,6 +32,7 @@ Determinism: measures that take a key get `config.measure_seeds` seeds (or
 every score file and in the results.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -48,6 +49,7 @@ import numpy as np
 from ckpt_rank import config_lib
 from ckpt_rank import features as features_lib
 from ckpt_rank import measures as measures_lib
+from ckpt_rank import parallel
 from ckpt_rank import pool as pool_lib
 from ckpt_rank import preflight as preflight_lib
 from ckpt_rank import report as report_lib
@@ -245,14 +247,40 @@ def _ground_truth_message(task: str, name: str, entry: Mapping[str, Any],
 # Measures.
 # ----------------------------------------------------------------------------------------------
 
+def _nleep_options(measure: measures_lib.Measure, num_examples: int, dim: int,
+                   num_classes: int, batch: int, memory_budget: int) -> dict[str, Any]:
+  """`nleep_batch`'s scale options: the pool mesh, and EM chunks that fit `memory_budget`."""
+  options = {}
+  if jax.device_count() > 1:
+    options['mesh'] = parallel.global_mesh()
+    batch = -(-batch // jax.device_count())  # Feature sets per device.
+  if memory_budget and 'chunk_size' not in measure.kwargs:
+    kwargs = measure.kwargs
+    components, _ = measures_lib.num_mixture_components(
+        num_classes, num_examples, components_per_class=kwargs.get('components_per_class', 5),
+        component_rule=kwargs.get('component_rule', 'per_class'))
+    options['chunk_size'] = measures_lib.chunk_size_for_budget(
+        num_examples, min(num_examples, dim, kwargs.get('max_pca_dim') or dim), components,
+        memory_budget, covariance_type=kwargs.get('covariance_type', 'full'), batch=batch)
+  return options
+
+
 def _nleep_group(measure: measures_lib.Measure, labels: np.ndarray,
-                 features: Mapping[str, np.ndarray], seeds: Sequence[int]) -> dict[str, dict]:
-  """NLEEP of checkpoints whose features share one shape, all seeds, in one vmapped call."""
+                 features: Mapping[str, np.ndarray], seeds: Sequence[int], *,
+                 memory_budget: int = 0) -> dict[str, dict]:
+  """NLEEP of checkpoints whose features share one shape, all seeds, in one vmapped call.
+
+  The checkpoints are split across every device (`parallel.global_mesh`) when there are several,
+  and with a `memory_budget` (bytes) the EM runs in chunks of examples that fit it.
+  """
   names = list(features)
   key_data = np.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+  num_examples, dim = next(iter(features.values())).shape
+  options = _nleep_options(measure, num_examples, dim, int(np.max(labels)) + 1,
+                           len(names) * len(seeds), memory_budget)
   start = time.perf_counter()
   fit = measures_lib.nleep_batch(np.stack([features[n] for n in names]), labels, keys=key_data,
-                                 **measure.kwargs)
+                                 **measure.kwargs, **options)
   fit = jax.tree.map(np.asarray, jax.block_until_ready(fit))
   wall = time.perf_counter() - start
   results = {}
@@ -265,14 +293,15 @@ def _nleep_group(measure: measures_lib.Measure, labels: np.ndarray,
                     'num_components': int(fit.num_components[i, 0]),
                     'num_iters': fit.num_iters[i], 'converged': fit.converged[i],
                     'num_regularized': fit.num_regularized[i],
-                    'wall_seconds_is_share_of_batch_with': names}}
+                    'wall_seconds_is_share_of_batch_with': names,
+                    **({'chunk_size': options['chunk_size']} if 'chunk_size' in options else {})}}
   return results
 
 
 def score_checkpoints(measure: measures_lib.Measure, labels: np.ndarray, *,
                       features: Mapping[str, np.ndarray],
                       logits: Mapping[str, Optional[np.ndarray]],
-                      seeds: Sequence[int]) -> dict[str, dict]:
+                      seeds: Sequence[int], memory_budget: int = 0) -> dict[str, dict]:
   """One measure on several checkpoints of one task.
 
   Args:
@@ -282,6 +311,9 @@ def score_checkpoints(measure: measures_lib.Measure, labels: np.ndarray, *,
     logits: checkpoint name -> [N, Cs] source logits, or None where the checkpoint has no head
       (then a head measure is skipped and the reason recorded).
     seeds: the seeds of a measure that takes a key ([] otherwise).
+    memory_budget: bytes of working memory for one call of NLEEP (its EM chunks) or kNN (its
+      query blocks); 0: no bound (the measures' defaults). A block size or chunk size given in
+      the measure's spec wins.
 
   Returns:
     Checkpoint name -> {'mean', 'std', 'per_seed', 'seeds', 'wall_seconds', 'details'} or
@@ -299,8 +331,16 @@ def score_checkpoints(measure: measures_lib.Measure, labels: np.ndarray, *,
     for name, feats in scorable.items():
       by_shape.setdefault(feats.shape, {})[name] = feats
     for group in by_shape.values():
-      results.update(_nleep_group(measure, labels, group, seeds))
+      results.update(_nleep_group(measure, labels, group, seeds, memory_budget=memory_budget))
     return results
+  details = {}
+  if measure.name == 'knn' and memory_budget and 'block_size' not in measure.kwargs and scorable:
+    # [B, N] similarities, distances, the self mask and the masked distances.
+    num_examples = len(labels)
+    block = int(max(1, min(1024, memory_budget // (16 * num_examples))))
+    measure = measures_lib.get(measure.spec)
+    measure = dataclasses.replace(measure, kwargs={**measure.kwargs, 'block_size': block})
+    details['block_size'] = block
   for name in scorable:
     start = time.perf_counter()
     kwargs = dict(features=features[name], source_logits=logits[name])
@@ -310,7 +350,7 @@ def score_checkpoints(measure: measures_lib.Measure, labels: np.ndarray, *,
       per_seed = [float(measure.score(labels, **kwargs))]
     results[name] = {'mean': float(np.mean(per_seed)), 'std': float(np.std(per_seed)),
                      'per_seed': per_seed, 'seeds': list(seeds),
-                     'wall_seconds': time.perf_counter() - start, 'details': {}}
+                     'wall_seconds': time.perf_counter() - start, 'details': dict(details)}
   return results
 
 
@@ -344,23 +384,6 @@ def load_checkpoint(config, name: str, spec: str):
   return checkpoint
 
 
-class _Loader:
-  """Loads each checkpoint once per run, only when some stage needs it."""
-
-  def __init__(self, config):
-    self._config = config
-    self._loaded = {}
-    self.count = 0
-
-  def get(self, name: str, spec: str):
-    if name not in self._loaded:
-      from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top  (imports TF)
-      logging.info('Loading checkpoint %s (%s).', name, spec)
-      self._loaded[name] = load_checkpoint(self._config, name, spec)
-      self.count += 1
-    return self._loaded[name]
-
-
 def _features_inputs(config, task: str, name: str, spec: str) -> dict[str, Any]:
   return {'format_version': FORMAT_VERSION, 'code_version': features_lib.CODE_VERSION,
           'task': task, 'role': config.train_role, 'max_examples': config.max_train_examples,
@@ -381,10 +404,41 @@ class _Work:
     return dict(vars(self))
 
 
+def _scale(config) -> tuple[int, int]:
+  """(checkpoints per batch (0: all), memory budget in bytes (0: none)) of `config.scale`."""
+  scale = config.get('scale') or {}
+  per_batch = int(scale.get('checkpoints_per_batch', 0) or 0)
+  budget = int(float(scale.get('memory_budget_mb', 0) or 0) * 2**20)
+  return per_batch, budget
+
+
+def _load_examples(config, task_info):
+  """This process's share of the task's training role, and the total number of examples."""
+  from ckpt_rank import data  # pylint: disable=g-import-not-at-top  (imports TF)
+  shard = None
+  if jax.process_count() > 1:
+    shard = (jax.process_index(), jax.process_count())
+  examples = data.load(task_info, config.train_role, data_dir=config.data_dir or None,
+                       max_examples=config.max_train_examples, image_size=int(config.image_size),
+                       process_shard=shard)
+  total = len(examples.labels)
+  if shard is not None:
+    total = int(parallel.allgather_rows(np.array([total], np.int64)).sum())
+    if total < jax.process_count():
+      raise ValueError(f'Task {task_info.name!r}: {total} examples for {jax.process_count()} '
+                       'processes; every process needs at least one.')
+  return examples, total
+
+
 def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
-                measure_list: Sequence[measures_lib.Measure], loader: _Loader, work: _Work,
+                measure_list: Sequence[measures_lib.Measure], work: _Work,
                 workdir: str) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
   """Features and scores of every checkpoint on one task.
+
+  Checkpoints are handled `config.scale.checkpoints_per_batch` at a time (all at once when 0):
+  each is loaded, its features extracted (or read from the cache) and the checkpoint released;
+  then the batch's missing scores are computed and written and its features released, so memory
+  holds one checkpoint and one batch of feature sets at a time.
 
   Returns:
     (features records {checkpoint: record}, scores {measure spec: {checkpoint: entry}}).
@@ -393,7 +447,7 @@ def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
   task_info = data.tasks.get(task)
   cache = features_lib.FeatureCache(os.path.join(workdir, 'features'))
   records, scores = {}, {m.spec: {} for m in measure_list}
-  score_paths, score_inputs, stale = {}, {}, {m.spec: [] for m in measure_list}
+  score_paths, stale = {}, {m.spec: [] for m in measure_list}
 
   # Which (checkpoint, measure) cells are already on disk.
   needs_features = []
@@ -407,79 +461,116 @@ def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
       inputs = None if record is None else _score_inputs(config, record, measure)
       stored = None if inputs is None else _stored(path, inputs)
       score_paths[(measure.spec, name)] = path
-      score_inputs[(measure.spec, name)] = inputs
       if stored is not None:
         scores[measure.spec][name] = stored['score']
       else:
         stale[measure.spec].append(name)
     if record is None or any(name in stale[m.spec] for m in measure_list):
       needs_features.append((name, spec))
+  # Every process must take the same path through the collectives below.
+  mask = np.array([any(n == name for n, _ in needs_features) for name, _ in pool], np.int32)
+  if not np.array_equal(parallel.broadcast(mask), mask):
+    raise ValueError(f'Task {task}: this process (index {jax.process_index()}) sees other stage '
+                     'files in the workdir than process 0; the workdir must be one directory '
+                     'every process sees.')
   if not needs_features:
     logging.info('Task %s: every feature set and score is on disk.', task)
     return records, scores
 
-  # Features (read from the cache where it holds them) of the checkpoints that need scoring.
-  examples = data.load(task_info, config.train_role, data_dir=config.data_dir or None,
-                       max_examples=config.max_train_examples, image_size=int(config.image_size))
-  images, labels = examples
-  arrays = {}
-  for name, spec in needs_features:
-    checkpoint = loader.get(name, spec)
-    extracted = features_lib.extract(
-        checkpoint, images, labels=labels, task_name=task_info.name,
-        split=task_info.split(config.train_role),
-        subset=f'max_examples={config.max_train_examples},image_size={int(config.image_size)}',
-        cache=cache, batch_size=int(config.features.get('batch_size', 64)))
-    if not extracted.cache_hit:
-      work.features_extracted += 1
-    arrays[name] = extracted
-    checksum = hashlib.sha256()
-    for array in (extracted.pre_logits, extracted.logits):
-      if array is not None:
-        checksum.update(np.ascontiguousarray(array).tobytes())
-    info = results_lib.features_info(name, task, config.train_role, extracted)
-    record = {
-        'inputs': _features_inputs(config, task, name, spec),
-        'checksum': f'{checkpoint.fingerprint}-{checksum.hexdigest()[:16]}',
-        'checkpoint': {'name': name, 'spec': spec, 'fingerprint': checkpoint.fingerprint,
-                       'feature_dim': int(checkpoint.feature_dim),
-                       'has_head': bool(checkpoint.has_head),
-                       'num_source_classes': int(getattr(checkpoint, 'num_classes', 0) or 0),
-                       'preprocessing': dict(checkpoint.preprocessing)},
-        'features': json.loads(json_format.MessageToJson(
-            info, preserving_proto_field_name=True)),
-        'num_examples': int(len(labels)),
-    }
-    if records.get(name, {}).get('checksum') != record['checksum'] or name not in records:
-      for measure in measure_list:  # New features: every score of this checkpoint is stale.
-        if name not in stale[measure.spec]:
-          stale[measure.spec].append(name)
-          scores[measure.spec].pop(name, None)
-    _write_json(os.path.join(workdir, 'features', task, f'{name}.json'), record)
-    records[name] = record
+  (images, labels), num_examples = _load_examples(config, task_info)
+  mesh = parallel.local_mesh() if jax.local_device_count() > 1 else None
+  per_batch, budget = _scale(config)
+  per_batch = per_batch or len(needs_features)
+  for first in range(0, len(needs_features), per_batch):
+    batch = needs_features[first:first + per_batch]
+    arrays = {}
+    for name, spec in batch:
+      logging.info('Loading checkpoint %s (%s).', name, spec)
+      checkpoint = load_checkpoint(config, name, spec)
+      work.checkpoints_loaded += 1
+      extracted = features_lib.extract_sharded(
+          checkpoint, images, local_labels=labels, num_examples=num_examples,
+          task_name=task_info.name, split=task_info.split(config.train_role),
+          subset=f'max_examples={config.max_train_examples},image_size={int(config.image_size)}',
+          cache=cache, batch_size=int(config.features.get('batch_size', 64)), mesh=mesh)
+      if not extracted.cache_hit:
+        work.features_extracted += 1
+      arrays[name] = extracted
+      checksum = hashlib.sha256()
+      for array in (extracted.pre_logits, extracted.logits):
+        if array is not None:
+          checksum.update(np.ascontiguousarray(array).tobytes())
+      info = results_lib.features_info(name, task, config.train_role, extracted)
+      record = {
+          'inputs': _features_inputs(config, task, name, spec),
+          'checksum': f'{checkpoint.fingerprint}-{checksum.hexdigest()[:16]}',
+          'checkpoint': {'name': name, 'spec': spec, 'fingerprint': checkpoint.fingerprint,
+                         'feature_dim': int(checkpoint.feature_dim),
+                         'has_head': bool(checkpoint.has_head),
+                         'num_source_classes': int(getattr(checkpoint, 'num_classes', 0) or 0),
+                         'preprocessing': dict(checkpoint.preprocessing)},
+          'features': json.loads(json_format.MessageToJson(
+              info, preserving_proto_field_name=True)),
+          'num_examples': int(num_examples),
+      }
+      del checkpoint  # Released before the next one is loaded.
+      if records.get(name, {}).get('checksum') != record['checksum'] or name not in records:
+        for measure in measure_list:  # New features: every score of this checkpoint is stale.
+          if name not in stale[measure.spec]:
+            stale[measure.spec].append(name)
+            scores[measure.spec].pop(name, None)
+      _write_json(os.path.join(workdir, 'features', task, f'{name}.json'), record)
+      records[name] = record
+    task_labels = next(iter(arrays.values())).labels
 
-  # Scores that are missing or stale.
-  for measure in measure_list:
-    names = [n for n, _ in pool if n in stale[measure.spec]]
-    if not names:
-      continue
-    seeds = measure_seeds(config, measure)
-    logging.info('Task %s: %s on %s.', task, measure.spec, ', '.join(names))
-    computed = score_checkpoints(
-        measure, labels, features={n: arrays[n].pre_logits for n in names},
-        logits={n: arrays[n].logits for n in names}, seeds=seeds)
-    for name in names:
-      inputs = _score_inputs(config, records[name], measure)
-      entry = results_lib.jsonable(computed[name])
-      _write_json(score_paths[(measure.spec, name)], {'inputs': inputs, 'score': entry})
-      scores[measure.spec][name] = entry
-      work.scores_computed += 1
+    # This batch's scores that are missing or stale.
+    for measure in measure_list:
+      names = [n for n, _ in batch if n in stale[measure.spec]]
+      if not names:
+        continue
+      seeds = measure_seeds(config, measure)
+      logging.info('Task %s: %s on %s.', task, measure.spec, ', '.join(names))
+      computed = score_checkpoints(
+          measure, task_labels, features={n: arrays[n].pre_logits for n in names},
+          logits={n: arrays[n].logits for n in names}, seeds=seeds, memory_budget=budget)
+      for name in names:
+        inputs = _score_inputs(config, records[name], measure)
+        entry = results_lib.jsonable(computed[name])
+        _write_json(score_paths[(measure.spec, name)], {'inputs': inputs, 'score': entry})
+        scores[measure.spec][name] = entry
+        work.scores_computed += 1
+    del arrays
   return records, scores
 
 
 # ----------------------------------------------------------------------------------------------
 # The run.
 # ----------------------------------------------------------------------------------------------
+
+def _check_shared_workdir(workdir: str) -> None:
+  """Raises ValueError on every process unless all of them see process 0's writes in `workdir`.
+
+  Only process 0 writes, and every process decides from the stage files what to recompute, so a
+  multi-process run needs one workdir all processes see (a shared or network filesystem).
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  token = parallel.broadcast(np.frombuffer(os.urandom(16), np.uint8)).tobytes().hex()
+  path = os.path.join(workdir, '.shared_workdir_check')
+  if _is_writer():
+    # pylint: disable-next=protected-access
+    features_lib._atomic_write(path, lambda f: f.write(token.encode()))
+  multihost_utils.sync_global_devices('ckpt_rank: shared workdir written')
+  try:
+    with open(path, encoding='utf-8') as f:
+      seen = f.read() == token
+  except OSError:
+    seen = False
+  seen_by = parallel.allgather_rows(np.array([seen], np.int32)).reshape(-1)
+  blind = [p for p, ok in enumerate(seen_by) if not ok]
+  if blind:
+    raise ValueError(f'Processes {blind} do not see process 0\'s files in the workdir {workdir}; '
+                     'a multi-process run needs a workdir on a filesystem every process sees.')
+
 
 def _ranking(config, measure: measures_lib.Measure, task: str, group: str,
              members: Sequence[str], scores: Mapping[str, dict],
@@ -521,6 +612,8 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
   from ckpt_rank import finetune_main  # pylint: disable=g-import-not-at-top
   if _is_writer():
     os.makedirs(workdir, exist_ok=True)
+  if jax.process_count() > 1:
+    _check_shared_workdir(workdir)
   data_dir = config.data_dir or None
   work = _Work()
 
@@ -532,13 +625,9 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
     committed = load_ground_truth_table(table_path, config, pool)
 
   # Features and measures, task by task.
-  loader = _Loader(config)
   records, scores = {}, {}
   for task in config.tasks:
-    records[task], scores[task] = _task_stage(config, task, pool, measure_list, loader, work,
-                                              workdir)
-  work.checkpoints_loaded = loader.count
-  del loader
+    records[task], scores[task] = _task_stage(config, task, pool, measure_list, work, workdir)
 
   # Ground truth.
   if committed is not None:

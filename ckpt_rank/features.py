@@ -463,10 +463,52 @@ def _check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
   return outputs
 
 
+def _run(checkpoint: Checkpoint, images: np.ndarray, wanted: Sequence[str], *,
+         batch_size: int, progress: Optional[bool], mesh) -> dict[str, np.ndarray]:
+  """The `wanted` outputs of `checkpoint` on checked images, as float32 [N, D] NumPy arrays."""
+  if mesh is not None:
+    batch_size = -(-int(batch_size) // mesh.size) * mesh.size
+
+  def apply(batch):
+    if mesh is None:
+      result = checkpoint.apply_batch(batch)
+    else:
+      sharded = getattr(checkpoint, 'apply_sharded', None)
+      result = (checkpoint.apply_batch(batch) if sharded is None else sharded(batch, mesh))
+    missing = [o for o in wanted if o not in result]
+    if missing:
+      raise ValueError(f'checkpoint {checkpoint.name!r}: apply_batch returned '
+                       f'{sorted(result)}, missing {missing}.')
+    return {o: result[o] for o in wanted}  # Never fetches outputs nobody asked for.
+
+  arrays = batched_apply(apply, images, batch_size=batch_size, progress=progress,
+                         name=checkpoint.name)
+  for name in wanted:
+    if arrays[name].ndim != 2:
+      raise ValueError(f'checkpoint {checkpoint.name!r}: {name} must be [N, D], got shape '
+                       f'{arrays[name].shape}.')
+    arrays[name] = arrays[name].astype(np.float32, copy=False)
+  return arrays
+
+
+def _check_outputs_finite(checkpoint: Checkpoint, arrays: Mapping[str, np.ndarray],
+                          wanted: Sequence[str]) -> None:
+  for name in wanted:
+    array = arrays[name]
+    finite = np.isfinite(array)
+    if not finite.all():
+      bad_rows = np.flatnonzero(~finite.all(axis=1))
+      raise ValueError(
+          f'checkpoint {checkpoint.name!r} produced non-finite {name} '
+          f'({int(np.isnan(array).sum())} NaN, {int(np.isinf(array).sum())} inf) for '
+          f'{bad_rows.size} of {array.shape[0]} images, first image {int(bad_rows[0])}; nothing '
+          'was cached.')
+
+
 def extract(checkpoint: Checkpoint, images, *, labels=None, task_name: Optional[str] = None,
             split: Optional[str] = None, subset: str = '', cache: Optional[FeatureCache] = None,
             batch_size: int = 64, progress: Optional[bool] = None,
-            outputs: Sequence[str] = OUTPUT_NAMES) -> Features:
+            outputs: Sequence[str] = OUTPUT_NAMES, mesh=None) -> Features:
   """Runs `checkpoint` over `images` in fixed-shape batches, reading and filling `cache`.
 
   Args:
@@ -481,6 +523,9 @@ def extract(checkpoint: Checkpoint, images, *, labels=None, task_name: Optional[
     progress: progress line on stderr; None: only when stderr is a terminal.
     outputs: which of 'pre_logits', 'logits' to return. 'logits' of a checkpoint without a head
       is None.
+    mesh: a 1-D `jax.sharding.Mesh` (`ckpt_rank.parallel.local_mesh()`): each batch is split
+      across its devices (`Checkpoint.apply_sharded`; TF checkpoints run on the host as before),
+      and `batch_size` is rounded up to a multiple of the device count. None: one device.
 
   Returns:
     `Features`.
@@ -515,29 +560,8 @@ def extract(checkpoint: Checkpoint, images, *, labels=None, task_name: Optional[
 
   cache_hit = arrays is not None
   if not cache_hit:
-    def apply(batch):
-      result = checkpoint.apply_batch(batch)
-      missing = [o for o in wanted if o not in result]
-      if missing:
-        raise ValueError(f'checkpoint {checkpoint.name!r}: apply_batch returned '
-                         f'{sorted(result)}, missing {missing}.')
-      return {o: result[o] for o in wanted}  # Never fetches outputs nobody asked for.
-
-    arrays = batched_apply(apply, images, batch_size=batch_size, progress=progress,
-                           name=checkpoint.name)
-    for name in wanted:
-      array = arrays[name]
-      if array.ndim != 2:
-        raise ValueError(f'checkpoint {checkpoint.name!r}: {name} must be [N, D], got shape '
-                         f'{array.shape}.')
-      finite = np.isfinite(array)
-      if not finite.all():
-        bad_rows = np.flatnonzero(~finite.all(axis=1))
-        raise ValueError(
-            f'checkpoint {checkpoint.name!r} produced non-finite {name} '
-            f'({int(np.isnan(array).sum())} NaN, {int(np.isinf(array).sum())} inf) for '
-            f'{bad_rows.size} of {num} images, first image {int(bad_rows[0])}; nothing was cached.')
-      arrays[name] = array.astype(np.float32, copy=False)
+    arrays = _run(checkpoint, images, wanted, batch_size=batch_size, progress=progress, mesh=mesh)
+    _check_outputs_finite(checkpoint, arrays, wanted)
     if cache is not None:
       path = cache.put(key, arrays)
       logging.info('Feature cache: stored %s on %s/%s (%d images) in %s.', checkpoint.name,
@@ -550,11 +574,82 @@ def extract(checkpoint: Checkpoint, images, *, labels=None, task_name: Optional[
                   images_per_second=num / max(seconds, 1e-9))
 
 
+def extract_sharded(checkpoint: Checkpoint, local_images, *, local_labels=None,
+                    num_examples: int, task_name: Optional[str] = None,
+                    split: Optional[str] = None, subset: str = '',
+                    cache: Optional[FeatureCache] = None, batch_size: int = 64,
+                    progress: Optional[bool] = None, outputs: Sequence[str] = OUTPUT_NAMES,
+                    mesh=None) -> Features:
+  """`extract` in a multi-process run, where each process holds only its share of the images.
+
+  Every process passes its contiguous share (`data.load(process_shard=...)`, i.e.
+  `parallel.process_range`) and gets every process's rows back in process order, so the result
+  equals `extract` over all the images. With one process it is `extract`.
+
+  Caching: the key's `images_hash` combines the shares' hashes (a sharded run's entry is not a
+  one-process run's). Process 0 decides hit or miss and tells the others (`parallel.broadcast`):
+  on a hit every process reads the file (the workdir must be on a filesystem every process sees;
+  `experiment.run` checks that), on a miss every process extracts its share and process 0 writes.
+
+  Args:
+    checkpoint: a `Checkpoint`.
+    local_images: this process's [n_p, H, W, 3] images.
+    local_labels: this process's [n_p] labels (gathered with the features), or None.
+    num_examples: the total over all processes (checked).
+    task_name, split, subset, cache, batch_size, progress, outputs, mesh: see `extract`; `mesh`
+      is this process's devices (`parallel.local_mesh()`).
+
+  Returns:
+    `Features` over all `num_examples` images, on every process.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return extract(checkpoint, local_images, labels=local_labels, task_name=task_name,
+                   split=split, subset=subset, cache=cache, batch_size=batch_size,
+                   progress=progress, outputs=outputs, mesh=mesh)
+  start_time = time.perf_counter()
+  images = check_images(local_images, name=f'images of process {jax.process_index()}')
+  outputs = _check_outputs(outputs)
+  wanted = tuple(o for o in outputs if o != 'logits' or checkpoint.has_head)
+  digests = parallel.allgather_rows(
+      np.frombuffer(bytes.fromhex(images_hash(images)), np.uint8)[None])
+  combined = hashlib.sha1(b'process shards|' + digests.tobytes()).hexdigest()
+  key = None
+  if cache is not None:
+    key = CacheKey(checkpoint=checkpoint.name, fingerprint=checkpoint.fingerprint,
+                   task=task_name or '_images', split=split or '',
+                   subset=f'{subset},processes={jax.process_count()}',
+                   preprocessing=dict(checkpoint.preprocessing), images_hash=combined)
+  hit = bool(parallel.broadcast(np.array(
+      cache is not None and parallel.is_writer() and cache.get(key, required=wanted) is not None)))
+  if hit:
+    arrays = cache.get(key, required=wanted)
+    if arrays is None:
+      raise ValueError(f'Process {jax.process_index()} cannot read the feature cache entry '
+                       f'{cache.path(key)} that process 0 read: the workdir must be on a '
+                       'filesystem every process sees.')
+  else:
+    local = _run(checkpoint, images, wanted, batch_size=batch_size, progress=progress, mesh=mesh)
+    arrays = {name: parallel.allgather_rows(local[name], num_examples) for name in wanted}
+    _check_outputs_finite(checkpoint, arrays, wanted)
+    if cache is not None and parallel.is_writer():
+      cache.put(key, arrays)
+  labels = None
+  if local_labels is not None:
+    labels = parallel.allgather_rows(np.asarray(local_labels), num_examples)
+  seconds = time.perf_counter() - start_time
+  return Features(pre_logits=arrays.get('pre_logits') if 'pre_logits' in wanted else None,
+                  logits=arrays.get('logits') if 'logits' in wanted else None,
+                  labels=labels, cache_hit=hit, seconds=seconds,
+                  images_per_second=num_examples / max(seconds, 1e-9))
+
+
 def extract_task(checkpoint: Checkpoint, task, role: str, *, data_dir: Optional[str] = None,
                  max_examples: Optional[int] = None, image_size: Optional[int] = None,
                  cache: Optional[FeatureCache] = None, batch_size: int = 64,
                  progress: Optional[bool] = None,
-                 outputs: Sequence[str] = OUTPUT_NAMES) -> Features:
+                 outputs: Sequence[str] = OUTPUT_NAMES, mesh=None) -> Features:
   """`extract` on one role of a task of `ckpt_rank.data` (loaded through TFDS), with its labels.
 
   The cache key holds the task, its TFDS split string for `role`, the subset options and the
@@ -572,6 +667,7 @@ def extract_task(checkpoint: Checkpoint, task, role: str, *, data_dir: Optional[
     batch_size: see `extract`.
     progress: see `extract`.
     outputs: see `extract`.
+    mesh: see `extract`.
 
   Returns:
     `Features` with `labels` set.
@@ -583,4 +679,4 @@ def extract_task(checkpoint: Checkpoint, task, role: str, *, data_dir: Optional[
   subset = f'max_examples={max_examples},image_size={image_size}'
   return extract(checkpoint, examples.images, labels=examples.labels, task_name=task.name,
                  split=task.split(role), subset=subset, cache=cache, batch_size=batch_size,
-                 progress=progress, outputs=outputs)
+                 progress=progress, outputs=outputs, mesh=mesh)

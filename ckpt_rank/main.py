@@ -5,6 +5,16 @@ r"""Ranks checkpoints for downstream tasks: the binary. All work happens in `exp
 Prints the per-measure ranking table (averaged over tasks, whole pool and per group) and the
 scores; everything is in WORKDIR/results.binpb (and .json) and WORKDIR/report.md. A rerun with the
 same workdir resumes from the stage files already there and redoes none of them.
+
+Several hosts (JAX's distributed runtime, `ckpt_rank.parallel`): start the same command on every
+host, with the same workdir on a filesystem they all see, and either
+
+  --coordinator_address=HOST0:PORT --num_processes=P --process_id=I   (I = 0..P-1 per host)
+
+(or $CKPT_RANK_COORDINATOR, $CKPT_RANK_NUM_PROCESSES, $CKPT_RANK_PROCESS_ID), or, where JAX
+detects the cluster itself (Cloud TPU pods, SLURM, Open MPI), --distributed. Each host extracts
+features from its own share of every task on its local devices; measures run on every host,
+NLEEP's pool split across all devices; process 0 alone writes files and prints.
 """
 
 import os
@@ -16,6 +26,7 @@ import jax
 from ml_collections import config_flags
 
 from ckpt_rank import experiment
+from ckpt_rank import parallel
 from ckpt_rank import report
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -24,11 +35,20 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for the stage files, results and report; reruns resume from it.')
 flags.mark_flags_as_required(['config', 'workdir'])
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'Multi-host runs: HOST:PORT of process 0 (jax.distributed).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host runs: process count.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host runs: this process, 0..P-1.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Multi-host runs on a cluster JAX detects itself (TPU pod, SLURM): '
+    'jax.distributed.initialize() without arguments.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}.')
+  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                      auto=_DISTRIBUTED.value)
   logging.info('JAX process %d / %d, local devices: %s; XLA_FLAGS=%r', jax.process_index(),
                jax.process_count(), jax.local_devices(), os.environ.get('XLA_FLAGS'))
   results = experiment.run(_CONFIG.value, _WORKDIR.value)

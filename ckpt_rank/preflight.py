@@ -47,12 +47,13 @@ from absl import logging
 FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     '': (('seed', 'image_size', 'data_dir', 'pool', 'tasks', 'train_role', 'max_train_examples',
           'eval_role', 'max_eval_examples', 'fine_tune', 'features', 'measures', 'measure_seeds',
-          'ground_truth', 'ranking_ks'), ('measure_seed_counts',)),
+          'ground_truth', 'ranking_ks'), ('measure_seed_counts', 'scale')),
     'pool': (('checkpoints',), ('snapshots', 'groups', 'load_options')),
     'fine_tune': (('learning_rates', 'step_budgets', 'batch_size', 'warmup_steps',
                    'decay_fractions', 'momentum', 'weight_decay', 'seed'), ()),
     'features': (('batch_size',), ()),
     'ground_truth': (('table',), ()),
+    'scale': ((), ('checkpoints_per_batch', 'memory_budget_mb')),
 }
 _GROUP_FIELDS = ('description', 'checkpoints')
 # `checkpoints.load` options per source (see ckpt_rank/checkpoints/*.py).
@@ -207,6 +208,17 @@ def validate_config(config) -> None:
   except ValueError as e:
     problems.append(str(e))
   _check_seed_counts(config, problems)
+  scale = config.get('scale') or {}
+  if 'checkpoints_per_batch' in scale:
+    per_batch = scale.checkpoints_per_batch
+    if isinstance(per_batch, bool) or not isinstance(per_batch, int) or per_batch < 0:
+      problems.append(f'config.scale.checkpoints_per_batch must be an integer >= 0 (0: all), got '
+                      f'{per_batch!r}.')
+  if 'memory_budget_mb' in scale:
+    budget = scale.memory_budget_mb
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
+      problems.append(f'config.scale.memory_budget_mb must be a number >= 0 (0: no bound), got '
+                      f'{budget!r}.')
 
   # Tasks and roles (the snapshot runs' source tasks are checked with their own role).
   roles = {'train_role': config.train_role, 'eval_role': config.eval_role}

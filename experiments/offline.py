@@ -111,6 +111,12 @@ def get_config(arg=None):
   config.measure_seed_counts = ml_collections.ConfigDict({'linear_probe': 1, 'parc': 1})
   config.ranking_ks = (1, 3)
 
+  # Scale: 0 holds every checkpoint's features of a task at once (NLEEP runs them as one batch)
+  # and bounds no measure's memory; experiments/vtab.py shows bounded settings.
+  config.scale = ml_collections.ConfigDict()
+  config.scale.checkpoints_per_batch = 0
+  config.scale.memory_budget_mb = 0
+
   config.ground_truth = ml_collections.ConfigDict()
   # Written by the finetune command in the docstring; '' fine-tunes in the run instead.
   config.ground_truth.table = 'experiments/ground_truth/offline.json'

@@ -154,6 +154,11 @@ class ConfigTest(absltest.TestCase):
     config.measure_seeds = 0
     with self.assertRaisesRegex(ValueError, 'measure_seeds'):
       experiment.check_config(config)
+    config = _offline_config()
+    config.scale.checkpoints_per_batch = -1
+    config.scale.memory_budget_mb = -1
+    with self.assertRaisesRegex(ValueError, r'checkpoints_per_batch(.|\n)*memory_budget_mb'):
+      experiment.check_config(config)
 
 
 class SeedsTest(absltest.TestCase):
@@ -237,6 +242,27 @@ class ScoringAndRankingTest(absltest.TestCase):
         single = measures.nleep(self.features['c2'], self.labels, key=jax.random.key(4),
                                 components_per_class=1)
         self.assertAlmostEqual(scored['c2']['per_seed'][1], float(single), places=4)
+
+  def test_a_memory_budget_bounds_the_work_not_the_scores(self):
+    # 120 examples: 20 KB give kNN blocks of 10 queries, 400 KB NLEEP chunks of a few dozen
+    # examples (its fixed part takes 330 KB for 4 fits); the scores are those of unbounded calls.
+    for spec, seeds, budget in (('knn', [], 20_000),
+                                ('nleep(components_per_class=1)', [3], 400_000)):
+      measure = measures.get(spec)
+      free = experiment.score_checkpoints(measure, self.labels, features=self.features,
+                                          logits=self.logits, seeds=seeds)
+      bounded = experiment.score_checkpoints(measure, self.labels, features=self.features,
+                                             logits=self.logits, seeds=seeds,
+                                             memory_budget=budget)
+      for name in self.features:
+        np.testing.assert_allclose(bounded[name]['per_seed'], free[name]['per_seed'], rtol=1e-4,
+                                   atol=1e-5, err_msg=f'{spec} {name}')
+      details = bounded['c1']['details']
+      if spec == 'knn':
+        self.assertEqual(details['block_size'], 20_000 // (16 * 120))
+      else:
+        self.assertBetween(details['chunk_size'], 8, 64)
+        self.assertNotIn('chunk_size', free['c1']['details'])
 
   def test_ranking_judges_each_seed_against_scipy(self):
     config = _offline_config()

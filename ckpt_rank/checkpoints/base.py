@@ -73,6 +73,19 @@ class Checkpoint(abc.ABC):
     """
     return self._apply(features_lib.check_images(images))
 
+  def apply_sharded(self, images, mesh) -> dict[str, Any]:
+    """`apply_batch` with the batch split across the devices of a 1-D `mesh` (data parallel).
+
+    The default runs `apply_batch` on the host (e.g. a TensorFlow SavedModel, which JAX cannot
+    place); JAX checkpoints override it (`FlaxCheckpoint`).
+
+    Args:
+      images: [B, H, W, 3] raw images, B a multiple of the mesh size.
+      mesh: a `jax.sharding.Mesh` with one axis (`ckpt_rank.parallel.local_mesh()`).
+    """
+    del mesh
+    return self.apply_batch(images)
+
   def outputs(self, images, *, batch_size: int = 64) -> dict[str, np.ndarray]:
     """All outputs over N raw images in one pass: 'pre_logits' [N, D] and, with a head, 'logits'.
 

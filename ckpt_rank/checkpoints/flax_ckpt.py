@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ckpt_rank import features as features_lib
 from ckpt_rank.checkpoints import base
 
 FORMAT = 'ckpt_rank.flax'
@@ -85,6 +86,18 @@ def _jitted_forward(module, input_size: int, mean: tuple[float, ...], std: tuple
   """One jitted `_forward` per (module, preprocessing): checkpoints of one architecture (e.g. the
   pretrained weights and their random controls) share its compilations; variables are arguments."""
   return jax.jit(functools.partial(_forward, module, input_size, mean, std))
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_forward(module, input_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                     mesh: jax.sharding.Mesh):
+  """`_jitted_forward` split across `mesh`: each device runs `_forward` on its slice of the batch
+  (`jax.shard_map`, variables replicated), so per-image results are those of one device."""
+  axis = mesh.axis_names[0]
+  spec = jax.sharding.PartitionSpec
+  forward = functools.partial(_forward, module, input_size, mean, std)
+  return jax.jit(jax.shard_map(forward, mesh=mesh, in_specs=(spec(), spec(axis)),
+                               out_specs=spec(axis)))
 
 
 def _check_variables(variables, expected, where: str) -> None:
@@ -161,12 +174,31 @@ class FlaxCheckpoint(base.Checkpoint):
     self.fingerprint = base.hash_parts(
         _variables_digest(self.variables),
         {'arch': arch, 'arch_kwargs': self.arch_kwargs, 'preprocessing': self.preprocessing})
+    self._replicated = {}  # mesh -> variables replicated on its devices (`apply_sharded`).
     self._jitted = _jitted_forward(self.module, self.input_size,
                                    tuple(self.preprocessing['mean']),
                                    tuple(self.preprocessing['std']))
 
   def _apply(self, images: np.ndarray) -> dict[str, jax.Array]:
     return self._jitted(self.variables, images)
+
+  def apply_sharded(self, images, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """`apply_batch` split across the devices of a 1-D `mesh`; B must be a multiple of its size."""
+    images = features_lib.check_images(images)
+    if len(mesh.axis_names) != 1:
+      raise ValueError(f'apply_sharded needs a 1-D mesh, got axes {mesh.axis_names}.')
+    if images.shape[0] % mesh.size:
+      raise ValueError(f'A batch of {images.shape[0]} images does not split over {mesh.size} '
+                       'devices; use a multiple of the device count.')
+    replicated = self._replicated.get(mesh)
+    if replicated is None:  # Copied to the mesh's devices once, not per batch.
+      sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+      replicated = self._replicated[mesh] = jax.device_put(self.variables, sharding)
+    batch = jax.device_put(images, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(mesh.axis_names[0])))
+    forward = _sharded_forward(self.module, self.input_size, tuple(self.preprocessing['mean']),
+                               tuple(self.preprocessing['std']), mesh)
+    return forward(replicated, batch)
 
 
 def save_flax(path: str, *, arch: str, arch_kwargs: Mapping[str, Any], variables,

@@ -100,8 +100,47 @@ def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
+def _absolute_parts(split: str, split_infos) -> list[tuple[str, int, int]]:
+  """[(split name, first position, size)] of the parts a split string adds, in order."""
+  parts = []
+  for inst in tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos):
+    first = inst.from_ or 0
+    last = split_infos[inst.splitname].num_examples if inst.to is None else inst.to
+    parts.append((inst.splitname, first, max(last - first, 0)))
+  return parts
+
+
+def shard_split(split: str, split_infos, start: int, stop: int) -> str:
+  """The TFDS split string of positions [start, stop) of `split`, in its stored order.
+
+  `split` may add slices of several splits ('train[:800]+validation[:200]'); positions count
+  through them in that order, so the shards of consecutive ranges concatenate to `split` itself
+  (unlike `tfds.even_splits`, which cuts every added part separately).
+
+  Args:
+    split: a TFDS split string.
+    split_infos: the dataset's `info.splits`.
+    start: first position, >= 0.
+    stop: one past the last position, <= the split's size.
+
+  Returns:
+    A split string such as 'train[400:800]+validation[:200]', or '' when the range is empty.
+  """
+  parts, offset = [], 0
+  for name, first, size in _absolute_parts(split, split_infos):
+    lo, hi = max(start - offset, 0), min(stop - offset, size)
+    if lo < hi:
+      parts.append(f'{name}[{first + lo}:{first + hi}]')
+    offset += size
+  if stop > offset or start < 0 or start > stop:
+    raise ValueError(f'Positions [{start}, {stop}) are not inside split {split!r} of {offset} '
+                     'examples.')
+  return '+'.join(parts)
+
+
 def load(task: str | tasks_lib.Task, role: str, *, data_dir: str | None = None,
-         max_examples: int | None = None, image_size: int | None = None) -> Examples:
+         max_examples: int | None = None, image_size: int | None = None,
+         process_shard: tuple[int, int] | None = None) -> Examples:
   """Reads one role of a task into memory.
 
   Args:
@@ -112,6 +151,9 @@ def load(task: str | tasks_lib.Task, role: str, *, data_dir: str | None = None,
     image_size: resize every image to [image_size, image_size] (bilinear, antialiased).
       Required for datasets whose images differ in size (most natural VTAB tasks); the
       checkpoints resize again to their own input size.
+    process_shard: (index, count): read only this process's contiguous share of the role's
+      examples (after `max_examples`; `ckpt_rank.parallel.process_range`), so that the shards of
+      processes 0..count-1 concatenate to the whole role. Only those examples are read.
 
   Returns:
     Examples(images [N, H, W, 3] uint8, labels [N] int32), with the task's label and image
@@ -140,6 +182,18 @@ def load(task: str | tasks_lib.Task, role: str, *, data_dir: str | None = None,
     raise ValueError(f'Task {task.name!r}: images of {tfds_builder.info.full_name} vary in size '
                      f'({image_shape}); pass image_size= to resize them to one size.')
 
+  if process_shard is not None:
+    from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
+    index, count = process_shard
+    total = sum(size for _, _, size in _absolute_parts(split, tfds_builder.info.splits))
+    if max_examples is not None:
+      total = min(total, max_examples)
+    start, stop = parallel.process_range(total, index, count)
+    max_examples = None  # Already applied to the range.
+    split = shard_split(split, tfds_builder.info.splits, start, stop)
+    if not split:  # More processes than examples.
+      return Examples(images=np.zeros((0, image_size or 0, image_size or 0, 3), np.uint8),
+                      labels=np.zeros((0,), np.int32))
   ds = tfds_builder.as_dataset(
       split=split, shuffle_files=False,
       # One file at a time, in order: the stored order is the order returned.

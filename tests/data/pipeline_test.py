@@ -112,6 +112,33 @@ class LoadTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "Unknown task 'no_such_task'"):
       data.load('no_such_task', 'train', data_dir=self.data_dir)
 
+  def test_process_shards_concatenate_to_the_role(self):
+    # A role adding slices of two splits, cut into shares that straddle the boundary.
+    task = fake_task(splits={'train': 'train[5:17]+validation[2:9]', 'val': 'train[15:]',
+                             'trainval': 'train', 'test': 'validation'})
+    whole = data.load(task, 'train', data_dir=self.data_dir, image_size=4)
+    self.assertLen(whole.labels, 12 + 7)
+    for count in (1, 2, 3, 5):
+      for max_examples in (None, 14):
+        shares = [data.load(task, 'train', data_dir=self.data_dir, image_size=4,
+                            max_examples=max_examples, process_shard=(i, count))
+                  for i in range(count)]
+        expected = whole.images[:max_examples]
+        np.testing.assert_array_equal(np.concatenate([s.images for s in shares]), expected)
+        np.testing.assert_array_equal(np.concatenate([s.labels for s in shares]),
+                                      whole.labels[:max_examples])
+        sizes = [len(s.labels) for s in shares]
+        self.assertLessEqual(max(sizes) - min(sizes), 1)
+
+  def test_shard_split_strings(self):
+    infos = tfds.builder('fake_clevr:1.0.0', data_dir=self.data_dir).info.splits
+    self.assertEqual(data.shard_split('train[5:17]+validation[2:9]', infos, 10, 15),
+                     'train[15:17]+validation[2:5]')
+    self.assertEqual(data.shard_split('validation', infos, 0, 4), 'validation[0:4]')
+    self.assertEqual(data.shard_split('train', infos, 3, 3), '')
+    with self.assertRaisesRegex(ValueError, 'not inside split'):
+      data.shard_split('validation', infos, 5, 11)
+
   def test_catalog_task_not_prepared_fails_fast_without_network(self):
     empty_dir = tempfile.mkdtemp()
 
