@@ -91,7 +91,7 @@ class _Execute(absltest.TestCase):
 class QuickstartTest(_Execute):
   NAME = 'quickstart'
 
-  @pytest.mark.slow
+  @pytest.mark.slow(seconds=100)
   def test_executes_top_to_bottom(self):
     self._execute()
 
@@ -106,7 +106,7 @@ class AnalyzeResultsTest(_Execute):
 class NeucrabTest(_Execute):
   NAME = 'neucrab'
 
-  @pytest.mark.slow
+  @pytest.mark.slow(seconds=100)
   def test_executes_top_to_bottom(self):
     self._execute()
 

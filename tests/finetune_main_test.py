@@ -11,7 +11,6 @@ from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
-import pytest
 
 from ckpt_rank import checkpoints
 from ckpt_rank import finetune
@@ -233,75 +232,6 @@ class TFHubRunTest(absltest.TestCase):
       again = finetune_main.run(self.config, self.workdir, command=['test'])
     self.assertEqual(again['cells_computed_this_run'], 0)
     self.assertEqual(again['table'], self.result['table'])
-
-
-@pytest.mark.slow
-class RunLocalTest(absltest.TestCase):
-  """runlocal end to end: MobileNetV2 and a 2-step snapshot of it on sklearn digits."""
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.workdir = tempfile.mkdtemp(prefix='ckpt_rank_finetune_main_test_')
-    cls.config = _config('runlocal')
-    cls.result = finetune_main.run(cls.config, cls.workdir, command=['test'])
-    cls.cells = sorted(glob.glob(os.path.join(cls.workdir, 'ground_truth', '*', '*.json')))
-    cls.mtimes = [os.stat(p).st_mtime_ns for p in cls.cells]
-    with mock.patch.object(finetune, 'finetune', side_effect=AssertionError('work redone')):
-      cls.again = finetune_main.run(cls.config, cls.workdir, command=['test'])
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.workdir, ignore_errors=True)
-    super().tearDownClass()
-
-  def test_table_has_every_cell(self):
-    with open(os.path.join(self.workdir, finetune_main.TABLE_FILE)) as f:
-      written = json.load(f)
-    self.assertEqual(written['command'], ['test'])
-    self.assertEqual(written['config']['image_size'], 32)
-    names = [n for n, _ in written['pool']]
-    self.assertEqual(names, ['mobilenet_v2', 'dog_mobilenet_v2', 'mobilenet_v2_mnist_step2'])
-    table = written['table']['sklearn_digits']
-    self.assertCountEqual(table, names)
-    # The dog export runs batch norm in inference mode only: finetune_tf refuses it, saying why
-    # (a re-export whose __call__ takes `training` would be fine-tuned instead).
-    dog = table['dog_mobilenet_v2']
-    if 'skipped' in dog:
-      self.assertRegex(dog['skipped'], r"TF-Hub checkpoint 'dog_mobilenet_v2'.*training")
-    else:
-      self.assertBetween(dog['accuracy'], 0.0, 1.0)
-    for name in ('mobilenet_v2', 'mobilenet_v2_mnist_step2'):
-      self.assertBetween(table[name]['accuracy'], 0.0, 1.0)
-      self.assertEqual(table[name]['learning_rate'], 0.01)
-      self.assertEqual(table[name]['steps'], 3)
-      self.assertEqual(table[name]['num_eval'], 128)
-      self.assertEqual(table[name]['num_train'], 100)
-    self.assertLen(self.cells, 3)
-
-  def test_cell_records_the_sweep(self):
-    with open(os.path.join(self.workdir, 'ground_truth', 'sklearn_digits',
-                           'mobilenet_v2.json')) as f:
-      cell = json.load(f)
-    self.assertEqual(cell['status'], 'done')
-    self.assertLen(cell['runs'], 1)
-    self.assertEqual(cell['best'], cell['runs'][0])
-    self.assertEqual(cell['best']['settings']['seed'], 0)
-    self.assertIn('jax', cell['versions'])
-    self.assertEqual(cell['protocol']['eval_role'], 'test')
-
-  def test_snapshot_is_a_checkpoint_with_a_source_head(self):
-    spec = dict(self.result['pool'])['mobilenet_v2_mnist_step2']
-    snapshot = checkpoints.load(spec)
-    self.assertTrue(snapshot.has_head)
-    self.assertEqual(snapshot.num_classes, 10)
-    self.assertEqual(snapshot.input_size, 32)
-
-  def test_second_run_does_no_work(self):
-    self.assertEqual(self.result['cells_computed_this_run'], 3)  # The TF-Hub one is loaded too.
-    self.assertEqual(self.again['cells_computed_this_run'], 0)
-    self.assertEqual([os.stat(p).st_mtime_ns for p in self.cells], self.mtimes)
-    self.assertEqual(self.again['table'], self.result['table'])
 
 
 if __name__ == '__main__':

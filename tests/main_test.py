@@ -2,20 +2,29 @@
 
 The end-to-end test runs `experiments/offline.py:runlocal` (real ImageNet MobileNetV2, a 2-step
 MNIST snapshot of it and the dog-breed SavedModel on real digits) three times in one workdir: a
-first run, a rerun that must do no work, and a run after one score file was deleted (a crash's
-leftovers) that must recompute that score only.
+first run of the binary, then, through `experiment.run` in this process (the binary's only work
+besides flag parsing), a rerun that must do no work, and a run after one score file was deleted
+(a crash's leftovers) that must recompute that score only. The first run also fine-tunes the
+ground truth in the run (`finetune_main.run`), whose table and cells are checked here too.
 """
 
+import glob
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import pytest
 
+from ckpt_rank import checkpoints
+from ckpt_rank import config_lib
+from ckpt_rank import experiment
+from ckpt_rank import finetune
+from ckpt_rank import finetune_main
 from ckpt_rank import measures
 from ckpt_rank import results as results_lib
 
@@ -51,7 +60,7 @@ def _work(workdir):
     return json.load(f)['work']
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=220)
 class EndToEndTest(absltest.TestCase):
 
   def test_runlocal_runs_resumes_and_redoes_nothing(self):
@@ -100,11 +109,14 @@ class EndToEndTest(absltest.TestCase):
     self.assertEqual(work['scores_computed'], 3 * 12)
     self.assertEqual(work['features_extracted'], 3)
 
+    self._check_ground_truth(workdir)
+
     # A rerun does no work: no checkpoint loaded, no stage file rewritten.
     files = _stage_files(workdir)
     self.assertNotEmpty(files)
-    again = _run_main('--config=experiments/offline.py:runlocal', f'--workdir={workdir}')
-    self.assertEqual(again.returncode, 0, msg=again.stderr[-5000:])
+    config = config_lib.load_config('experiments/offline.py:runlocal')
+    with mock.patch.object(finetune, 'finetune', side_effect=AssertionError('work redone')):
+      experiment.run(config, workdir)
     self.assertEqual(_work(workdir), {'checkpoints_loaded': 0, 'features_extracted': 0,
                                       'scores_computed': 0, 'ground_truth_cells_computed': 0})
     self.assertEqual(_stage_files(workdir), files)
@@ -123,8 +135,7 @@ class EndToEndTest(absltest.TestCase):
     stored['inputs']['code'] = 'other-code'
     with open(os.path.join(workdir, old_code), 'w') as f:
       json.dump(stored, f)
-    third = _run_main('--config=experiments/offline.py:runlocal', f'--workdir={workdir}')
-    self.assertEqual(third.returncode, 0, msg=third.stderr[-5000:])
+    experiment.run(config, workdir)
     work = _work(workdir)
     self.assertEqual(work['scores_computed'], 2)
     self.assertEqual(work['features_extracted'], 0)  # Read back from the feature cache.
@@ -132,6 +143,45 @@ class EndToEndTest(absltest.TestCase):
     self.assertTrue(os.path.exists(os.path.join(workdir, lost)))
     with open(os.path.join(workdir, old_code)) as f:
       self.assertEqual(json.load(f)['inputs']['code'], measures.get('sfda').code_version)
+
+
+  def _check_ground_truth(self, workdir):
+    """The ground truth the run fine-tuned: the table, its cells and the snapshot checkpoint."""
+    with open(os.path.join(workdir, finetune_main.TABLE_FILE)) as f:
+      written = json.load(f)
+    self.assertEqual(written['config']['image_size'], 32)
+    names = [n for n, _ in written['pool']]
+    self.assertEqual(names, ['mobilenet_v2', 'dog_mobilenet_v2', 'mobilenet_v2_mnist_step2'])
+    table = written['table']['sklearn_digits']
+    self.assertCountEqual(table, names)
+    # The dog export runs batch norm in inference mode only: finetune_tf refuses it, saying why
+    # (a re-export whose __call__ takes `training` would be fine-tuned instead).
+    dog = table['dog_mobilenet_v2']
+    if 'skipped' in dog:
+      self.assertRegex(dog['skipped'], r"TF-Hub checkpoint 'dog_mobilenet_v2'.*training")
+    else:
+      self.assertBetween(dog['accuracy'], 0.0, 1.0)
+    for name in ('mobilenet_v2', 'mobilenet_v2_mnist_step2'):
+      self.assertBetween(table[name]['accuracy'], 0.0, 1.0)
+      self.assertEqual(table[name]['learning_rate'], 0.01)
+      self.assertEqual(table[name]['steps'], 3)
+      self.assertEqual(table[name]['num_eval'], 128)
+      self.assertEqual(table[name]['num_train'], 100)
+    cells = glob.glob(os.path.join(workdir, 'ground_truth', '*', '*.json'))
+    self.assertLen(cells, 3)
+    with open(os.path.join(workdir, 'ground_truth', 'sklearn_digits', 'mobilenet_v2.json')) as f:
+      cell = json.load(f)
+    self.assertEqual(cell['status'], 'done')
+    self.assertLen(cell['runs'], 1)
+    self.assertEqual(cell['best'], cell['runs'][0])
+    self.assertEqual(cell['best']['settings']['seed'], 0)
+    self.assertIn('jax', cell['versions'])
+    self.assertEqual(cell['protocol']['eval_role'], 'test')
+    # The snapshot is a checkpoint with its source head.
+    snapshot = checkpoints.load(dict(written['pool'])['mobilenet_v2_mnist_step2'])
+    self.assertTrue(snapshot.has_head)
+    self.assertEqual(snapshot.num_classes, 10)
+    self.assertEqual(snapshot.input_size, 32)
 
 
 class FlagsTest(absltest.TestCase):

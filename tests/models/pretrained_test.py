@@ -26,7 +26,7 @@ def _installed(name):
     return False
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=55)
 class PretrainedPredictionTest(parameterized.TestCase):
   """All four checkpoints on two real images (about 10 s each: reading, tracing, compiling)."""
 
