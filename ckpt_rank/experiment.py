@@ -259,9 +259,11 @@ def _nleep_options(measure: measures_lib.Measure, num_examples: int, dim: int,
     components, _ = measures_lib.num_mixture_components(
         num_classes, num_examples, components_per_class=kwargs.get('components_per_class', 5),
         component_rule=kwargs.get('component_rule', 'per_class'))
-    options['chunk_size'] = measures_lib.chunk_size_for_budget(
+    chunk = measures_lib.chunk_size_for_budget(
         num_examples, min(num_examples, dim, kwargs.get('max_pca_dim') or dim), components,
         memory_budget, covariance_type=kwargs.get('covariance_type', 'full'), batch=batch)
+    if chunk < num_examples:  # Else the unchunked kernel fits: its numerics are kept.
+      options['chunk_size'] = chunk
   return options
 
 

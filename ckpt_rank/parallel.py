@@ -125,6 +125,27 @@ def global_mesh(axis_name: str = POOL_AXIS, devices: Optional[Sequence[Any]] = N
   return jax.sharding.Mesh(np.array(devices), (axis_name,))
 
 
+def lapack_safe_mesh(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+  """`mesh`, or on CPU a 1-D mesh of one device per process, for programs that call LAPACK.
+
+  Several CPU devices of one process (`--xla_force_host_platform_device_count`) share one
+  thread pool, and XLA:CPU's LAPACK calls (Cholesky, triangular solves, eigh) deadlock when two
+  devices run them at once: each waits for pool work queued behind the other (seen here with 2
+  devices and NLEEP's EM). The measures that call LAPACK therefore run on the first device of each
+  process there; on CPU this costs no speed, the devices sharing the same cores. Accelerator
+  meshes are returned unchanged.
+  """
+  devices = list(mesh.devices.flat)
+  if devices[0].platform != 'cpu':
+    return mesh
+  first = {}
+  for device in devices:
+    first.setdefault(device.process_index, device)
+  if len(first) == len(devices):
+    return mesh
+  return jax.sharding.Mesh(np.array([first[p] for p in sorted(first)]), mesh.axis_names)
+
+
 def process_range(num_examples: int, process_index: Optional[int] = None,
                   process_count: Optional[int] = None) -> tuple[int, int]:
   """[start, stop) of this process's contiguous share of `num_examples` examples.
@@ -254,13 +275,14 @@ def pool_map(fn: Callable[..., Any], stacked, *shared, mesh: Optional[jax.shardi
     *shared: arguments every pool member sees (e.g. the [N] labels), replicated.
     mesh: the devices; default `global_mesh()` (every device of every process). The pool is padded
       to a multiple of the device count with copies of its first member, whose results are
-      dropped.
+      dropped. On CPU one device per process is used (`lapack_safe_mesh`: most measures call
+      LAPACK).
     jit_kwargs: more `jax.jit` options.
 
   Returns:
     The outputs as NumPy arrays with leading axis M, identical on every process.
   """
-  mesh = global_mesh() if mesh is None else mesh
+  mesh = lapack_safe_mesh(global_mesh() if mesh is None else mesh)
   placed, size = shard_leading(stacked, mesh)
   shared = replicate(shared, mesh)
   mapped = jax.jit(jax.vmap(fn, in_axes=(0,) + (None,) * len(shared)), **(jit_kwargs or {}))
@@ -277,5 +299,5 @@ def check_devices(mesh: jax.sharding.Mesh) -> None:
 
 
 __all__ = ['DATA_AXIS', 'POOL_AXIS', 'allgather_rows', 'broadcast', 'check_devices',
-           'global_mesh', 'initialize', 'is_writer', 'local_mesh', 'pool_map', 'process_range',
-           'replicate', 'shard_leading', 'to_host']
+           'global_mesh', 'initialize', 'is_writer', 'lapack_safe_mesh', 'local_mesh', 'pool_map',
+           'process_range', 'replicate', 'shard_leading', 'to_host']

@@ -155,6 +155,7 @@ def _worker_devices(out_path):
       'logits_max_diff': float(np.abs(one.logits - many.logits).max()),
       'pre_logits_scale': float(np.abs(one.pre_logits).max()),
       'labels_equal': bool(np.array_equal(many.labels, labels)),
+      'safe_mesh_devices': parallel.lapack_safe_mesh(parallel.global_mesh()).devices.size,
       'measures': _measure_checks(parallel.global_mesh()),
   }
   with open(out_path, 'w') as f:
@@ -190,6 +191,8 @@ def _worker_process(port, process_id, workdir):
       'again_equal': bool(np.array_equal(first.pre_logits, again.pre_logits)),
       'labels_equal': bool(np.array_equal(first.labels, labels)),
       'broadcast': int(parallel.broadcast(np.array(10 + process_id, np.int32))),
+      'safe_mesh_processes': sorted(d.process_index for d in
+                                    parallel.lapack_safe_mesh(parallel.global_mesh()).devices.flat),
   }
   # The benchmark itself, as `main` runs it on each host.
   from ckpt_rank import experiment  # pylint: disable=g-import-not-at-top
@@ -256,6 +259,9 @@ class EightDevicesTest(_WorkdirTest):
     self.assertLess(out['pre_logits_max_diff'], 1e-5 * max(1.0, out['pre_logits_scale']))
     self.assertLess(out['logits_max_diff'], 1e-4)
     self.assertTrue(out['labels_equal'])
+    # LAPACK-calling measures run on one of the 8 CPU devices (they share one thread pool, in
+    # which concurrent LAPACK calls deadlock); the padding and gathering are the same.
+    self.assertEqual(out['safe_mesh_devices'], 1)
     self.assert_measures_agree(out['measures'])
 
 
@@ -296,6 +302,7 @@ class TwoProcessesTest(_WorkdirTest):
       self.assertLess(out['logits_max_diff'], 1e-4)
       self.assertTrue(out['labels_equal'])
       self.assertEqual(out['broadcast'], 10)  # Process 0's value everywhere.
+      self.assertEqual(out['safe_mesh_processes'], [0, 1])  # One CPU device of each process.
     # Only process 0 wrote the cache entry.
     written = [n for _, _, files in os.walk(os.path.join(self.workdir, 'cache')) for n in files
                if n.endswith('.npz')]

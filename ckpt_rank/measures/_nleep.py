@@ -817,7 +817,9 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
       process): the M feature sets are split across its devices (padded to a multiple of the
       device count with copies of the first, whose results are dropped), for the PCA and for
       each kernel; every process passes the same concrete features and gets the whole result.
-      None: the default device.
+      On CPU one device per process is used (`parallel.lapack_safe_mesh`: the EM's LAPACK calls
+      deadlock when several CPU devices of one process run them at once). None: the default
+      device.
 
   Returns:
     `NLEEPResult` whose fields have leading dims [M, S].
@@ -855,6 +857,7 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
     if not _validation.is_concrete(features):
       raise ValueError('nleep_batch: mesh= needs concrete features (call it outside jit).')
     from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
+    mesh = parallel.lapack_safe_mesh(mesh)
     placed, size = parallel.shard_leading(np.asarray(features), mesh)
     axes, ratios = parallel.to_host(jax.vmap(_pca_basis_jit)(placed), size)
     axes, ratios = jnp.asarray(axes), jnp.asarray(ratios)
