@@ -38,6 +38,16 @@ def _features(n, d=64, c=10, seed=0):
   return (means[labels] + rng.normal(size=(n, d))).astype(np.float32), labels.astype(np.int32)
 
 
+def _best_seconds(fn, repeats):
+  """The fastest of `repeats` timed calls of `fn` (compile it first)."""
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
 def _peak_rss_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
 
@@ -65,11 +75,7 @@ def bench_n(ns, budget_mb, max_iters, repeats):
                                              chunk_size=chunk, **kwargs).score)
 
     run()  # Compiles.
-    best = float('inf')
-    for _ in range(repeats):
-      start = time.perf_counter()
-      run()
-      best = min(best, time.perf_counter() - start)
+    best = _best_seconds(run, repeats)
     print(f'{n:>8} {chunk:>6} {temps["chunked"]:>9.1f} {temps["unchunked"]:>10.1f} {best:>7.2f} '
           f'{_peak_rss_mb():>13.0f}', flush=True)
 
@@ -90,12 +96,8 @@ def _device_row(num_devices, num_images, repeats):
   def extract():
     return features.extract(checkpoint, images, batch_size=64, mesh=mesh).pre_logits
 
-  out = extract()
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    extract()
-    best = min(best, time.perf_counter() - start)
+  out = extract()  # Compiles.
+  best = _best_seconds(extract, repeats)
   pool = np.stack([_features(2000, seed=s)[0] for s in range(8)])
   labels = _features(2000)[1]
   pool_mesh = parallel.global_mesh() if num_devices > 1 else None
@@ -105,12 +107,8 @@ def _device_row(num_devices, num_images, repeats):
         pool, labels, keys=jax.random.key(0), num_classes=10, max_pca_dim=16, max_iters=20,
         tol=0.0, mesh=pool_mesh).score)
 
-  scores = score()
-  nleep_best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    score()
-    nleep_best = min(nleep_best, time.perf_counter() - start)
+  scores = score()  # Compiles.
+  nleep_best = _best_seconds(score, repeats)
   return {'devices': num_devices, 'images_per_s': num_images / best, 'nleep_s': nleep_best,
           'features_checksum': float(np.abs(out).sum()), 'features': out[:4].tolist(),
           'scores': scores.reshape(-1).tolist(), 'peak_rss_mb': _peak_rss_mb()}
