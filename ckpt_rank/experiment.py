@@ -248,12 +248,15 @@ def _ground_truth_message(task: str, name: str, entry: Mapping[str, Any],
 # ----------------------------------------------------------------------------------------------
 
 def _nleep_options(measure: measures_lib.Measure, num_examples: int, dim: int,
-                   num_classes: int, batch: int, memory_budget: int) -> dict[str, Any]:
+                   num_classes: int, num_members: int, num_seeds: int,
+                   memory_budget: int) -> dict[str, Any]:
   """`nleep_batch`'s scale options: the pool mesh, and EM chunks that fit `memory_budget`."""
   options = {}
+  per_device = num_members
   if jax.device_count() > 1:
     options['mesh'] = parallel.global_mesh()
-    batch = -(-batch // jax.device_count())  # Feature sets per device.
+    # The members are split across the devices nleep_batch uses; each runs all seeds at once.
+    per_device = -(-num_members // parallel.lapack_safe_mesh(options['mesh']).size)
   if memory_budget and 'chunk_size' not in measure.kwargs:
     kwargs = measure.kwargs
     components, _ = measures_lib.num_mixture_components(
@@ -261,7 +264,8 @@ def _nleep_options(measure: measures_lib.Measure, num_examples: int, dim: int,
         component_rule=kwargs.get('component_rule', 'per_class'))
     chunk = measures_lib.chunk_size_for_budget(
         num_examples, min(num_examples, dim, kwargs.get('max_pca_dim') or dim), components,
-        memory_budget, covariance_type=kwargs.get('covariance_type', 'full'), batch=batch)
+        memory_budget, covariance_type=kwargs.get('covariance_type', 'full'),
+        batch=per_device * num_seeds)
     if chunk < num_examples:  # Else the unchunked kernel fits: its numerics are kept.
       options['chunk_size'] = chunk
   return options
@@ -278,8 +282,8 @@ def _nleep_group(measure: measures_lib.Measure, labels: np.ndarray,
   names = list(features)
   key_data = np.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
   num_examples, dim = next(iter(features.values())).shape
-  options = _nleep_options(measure, num_examples, dim, int(np.max(labels)) + 1,
-                           len(names) * len(seeds), memory_budget)
+  options = _nleep_options(measure, num_examples, dim, int(np.max(labels)) + 1, len(names),
+                           len(seeds), memory_budget)
   start = time.perf_counter()
   fit = measures_lib.nleep_batch(np.stack([features[n] for n in names]), labels, keys=key_data,
                                  **measure.kwargs, **options)
@@ -433,14 +437,16 @@ def _load_examples(config, task_info):
 
 
 def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
-                measure_list: Sequence[measures_lib.Measure], work: _Work,
-                workdir: str) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
+                measure_list: Sequence[measures_lib.Measure], work: _Work, workdir: str,
+                loaded: Optional[dict[str, Any]] = None
+                ) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
   """Features and scores of every checkpoint on one task.
 
   Checkpoints are handled `config.scale.checkpoints_per_batch` at a time (all at once when 0):
   each is loaded, its features extracted (or read from the cache) and the checkpoint released;
   then the batch's missing scores are computed and written and its features released, so memory
-  holds one checkpoint and one batch of feature sets at a time.
+  holds one checkpoint and one batch of feature sets at a time. `loaded` (name -> checkpoint),
+  when given, keeps the checkpoints loaded for later tasks instead (the unbounded setting).
 
   Returns:
     (features records {checkpoint: record}, scores {measure spec: {checkpoint: entry}}).
@@ -487,9 +493,13 @@ def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
     batch = needs_features[first:first + per_batch]
     arrays = {}
     for name, spec in batch:
-      logging.info('Loading checkpoint %s (%s).', name, spec)
-      checkpoint = load_checkpoint(config, name, spec)
-      work.checkpoints_loaded += 1
+      checkpoint = None if loaded is None else loaded.get(name)
+      if checkpoint is None:
+        logging.info('Loading checkpoint %s (%s).', name, spec)
+        checkpoint = load_checkpoint(config, name, spec)
+        work.checkpoints_loaded += 1
+        if loaded is not None:
+          loaded[name] = checkpoint
       extracted = features_lib.extract_sharded(
           checkpoint, images, local_labels=labels, num_examples=num_examples,
           task_name=task_info.name, split=task_info.split(config.train_role),
@@ -515,7 +525,7 @@ def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
               info, preserving_proto_field_name=True)),
           'num_examples': int(num_examples),
       }
-      del checkpoint  # Released before the next one is loaded.
+      del checkpoint  # Released before the next one is loaded (unless `loaded` keeps it).
       if records.get(name, {}).get('checksum') != record['checksum'] or name not in records:
         for measure in measure_list:  # New features: every score of this checkpoint is stale.
           if name not in stale[measure.spec]:
@@ -628,8 +638,13 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
 
   # Features and measures, task by task.
   records, scores = {}, {}
+  # Unbounded (config.scale.checkpoints_per_batch = 0): each checkpoint is loaded once and kept
+  # for every task. Bounded: loaded for each task, one at a time, and released.
+  loaded = {} if _scale(config)[0] == 0 else None
   for task in config.tasks:
-    records[task], scores[task] = _task_stage(config, task, pool, measure_list, work, workdir)
+    records[task], scores[task] = _task_stage(config, task, pool, measure_list, work, workdir,
+                                              loaded)
+  del loaded
 
   # Ground truth.
   if committed is not None:

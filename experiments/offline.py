@@ -115,7 +115,7 @@ def get_config(arg=None):
   # and bounds no measure's memory; experiments/vtab.py shows bounded settings.
   config.scale = ml_collections.ConfigDict()
   config.scale.checkpoints_per_batch = 0
-  config.scale.memory_budget_mb = 0
+  config.scale.memory_budget_mb = 0.0
 
   config.ground_truth = ml_collections.ConfigDict()
   # Written by the finetune command in the docstring; '' fine-tunes in the run instead.

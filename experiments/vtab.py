@@ -254,7 +254,7 @@ def get_config(arg=None):
   # NLEEP's EM and kNN's distances in chunks that fit 2 GiB per call.
   config.scale = ml_collections.ConfigDict()
   config.scale.checkpoints_per_batch = 8
-  config.scale.memory_budget_mb = 2048
+  config.scale.memory_budget_mb = 2048.0
 
   config.ground_truth = ml_collections.ConfigDict()
   config.ground_truth.table = str(arg.table)  # '' = fine-tune in the run (see the docstring).

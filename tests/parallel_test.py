@@ -7,6 +7,7 @@ processes joined by `jax.distributed` on localhost (gloo CPU collectives). Each 
 it measured to a JSON file that the test reads.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -108,6 +109,9 @@ def _experiment_config(workdir):
   config.measures = _MEASURES
   config.measure_seed_counts = {}
   config.ground_truth.table = os.path.join(workdir, 'ground_truth.json')
+  # Bounded: one checkpoint loaded and one feature set held and scored at a time.
+  config.scale.checkpoints_per_batch = 1
+  config.scale.memory_budget_mb = 2.3  # NLEEP in chunks of 32 of the 61 examples.
   return config
 
 
@@ -325,6 +329,12 @@ class TwoProcessesTest(_WorkdirTest):
     self.assertEqual({f.num_examples for f in two_results.features}, {61})
     # Only process 0 wrote: one set of stage files, in the shared workdir.
     self.assertTrue(os.path.exists(os.path.join(self.workdir, 'two', 'report.md')))
+    # The budget chunked NLEEP's EM, with the same chunk on one process and on two.
+    for run in ('one', 'two'):
+      (path,) = glob.glob(os.path.join(self.workdir, run, 'measures', 'sklearn_digits', 'net_a',
+                                       'nleep*.json'))
+      with open(path) as f:
+        self.assertEqual(json.load(f)['score']['details']['chunk_size'], 24)
 
 
 class ProcessRangeTest(absltest.TestCase):
