@@ -95,10 +95,6 @@ def _score_inputs(config, record, measure: measures_lib.Measure) -> dict:
           'seeds': measure_seeds(config, measure)}
 
 
-def _is_writer() -> bool:
-  return jax.process_index() == 0
-
-
 def _file_slug(text: str) -> str:
   """A readable file name for `text`, made unique by a short hash of it."""
   readable = re.sub(r'[^A-Za-z0-9_.-]+', '_', text).strip('_')[:60]
@@ -118,7 +114,7 @@ def _read_json(path: str) -> Optional[dict[str, Any]]:
 
 
 def _write_json(path: str, value: Mapping[str, Any]) -> None:
-  if not _is_writer():
+  if not parallel.is_writer():
     return
   text = json.dumps(results_lib.jsonable(value), indent=1, sort_keys=True, allow_nan=False)
   features_lib._atomic_write(  # pylint: disable=protected-access
@@ -568,7 +564,7 @@ def _check_shared_workdir(workdir: str) -> None:
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   token = parallel.broadcast(np.frombuffer(os.urandom(16), np.uint8)).tobytes().hex()
   path = os.path.join(workdir, '.shared_workdir_check')
-  if _is_writer():
+  if parallel.is_writer():
     # pylint: disable-next=protected-access
     features_lib._atomic_write(path, lambda f: f.write(token.encode()))
   multihost_utils.sync_global_devices('ckpt_rank: shared workdir written')
@@ -622,7 +618,7 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
   (preflight or preflight_lib.check)(config)
   from ckpt_rank import data  # pylint: disable=g-import-not-at-top  (imports TF)
   from ckpt_rank import finetune_main  # pylint: disable=g-import-not-at-top
-  if _is_writer():
+  if parallel.is_writer():
     os.makedirs(workdir, exist_ok=True)
   if jax.process_count() > 1:
     _check_shared_workdir(workdir)
@@ -728,7 +724,7 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
       config, start_time=start_wall, end_time=end_wall,
       wall_seconds=time.perf_counter() - start, workdir=workdir))
   logging.info('Work done in this run: %s', work.as_dict())
-  if _is_writer():
+  if parallel.is_writer():
     results_lib.write(results, workdir)
     report_lib.write_report(results, workdir)
     _write_json(os.path.join(workdir, 'work.json'), {'work': work.as_dict(),

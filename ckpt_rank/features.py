@@ -463,6 +463,27 @@ def _check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
   return outputs
 
 
+def _cache_key(checkpoint: Checkpoint, task_name: Optional[str], split: Optional[str],
+               subset: str, digest: str) -> CacheKey:
+  """The cache key of `checkpoint`'s outputs on images whose `images_hash` is `digest`."""
+  if not isinstance(checkpoint.fingerprint, str) or not checkpoint.fingerprint:
+    raise ValueError(f'checkpoint {checkpoint.name!r} has no fingerprint; it cannot be cached '
+                     '(an empty fingerprint would reuse features across weight changes).')
+  return CacheKey(checkpoint=checkpoint.name, fingerprint=checkpoint.fingerprint,
+                  task=task_name or '_images', split=split or '', subset=subset,
+                  preprocessing=dict(checkpoint.preprocessing), images_hash=digest)
+
+
+def _features(arrays: Mapping[str, np.ndarray], wanted: Sequence[str], labels, cache_hit: bool,
+              start_time: float, num: int) -> Features:
+  """`extract`'s result: the wanted arrays, and the wall time since `start_time`."""
+  seconds = time.perf_counter() - start_time
+  return Features(pre_logits=arrays.get('pre_logits') if 'pre_logits' in wanted else None,
+                  logits=arrays.get('logits') if 'logits' in wanted else None,
+                  labels=labels, cache_hit=cache_hit, seconds=seconds,
+                  images_per_second=num / max(seconds, 1e-9))
+
+
 def _run(checkpoint: Checkpoint, images: np.ndarray, wanted: Sequence[str], *,
          batch_size: int, progress: Optional[bool], mesh) -> dict[str, np.ndarray]:
   """The `wanted` outputs of `checkpoint` on checked images, as float32 [N, D] NumPy arrays."""
@@ -547,12 +568,7 @@ def extract(checkpoint: Checkpoint, images, *, labels=None, task_name: Optional[
 
   key = arrays = None
   if cache is not None:
-    if not isinstance(checkpoint.fingerprint, str) or not checkpoint.fingerprint:
-      raise ValueError(f'checkpoint {checkpoint.name!r} has no fingerprint; it cannot be cached '
-                       '(an empty fingerprint would reuse features across weight changes).')
-    key = CacheKey(checkpoint=checkpoint.name, fingerprint=checkpoint.fingerprint,
-                   task=task_name or '_images', split=split or '', subset=subset,
-                   preprocessing=dict(checkpoint.preprocessing), images_hash=images_hash(images))
+    key = _cache_key(checkpoint, task_name, split, subset, images_hash(images))
     arrays = cache.get(key, required=wanted)
     if arrays is not None:
       logging.info('Feature cache hit: %s on %s/%s (%d images) from %s.', checkpoint.name,
@@ -567,11 +583,7 @@ def extract(checkpoint: Checkpoint, images, *, labels=None, task_name: Optional[
       logging.info('Feature cache: stored %s on %s/%s (%d images) in %s.', checkpoint.name,
                    key.task, key.split, num, path)
 
-  seconds = time.perf_counter() - start_time
-  return Features(pre_logits=arrays.get('pre_logits') if 'pre_logits' in wanted else None,
-                  logits=arrays.get('logits') if 'logits' in wanted else None,
-                  labels=labels, cache_hit=cache_hit, seconds=seconds,
-                  images_per_second=num / max(seconds, 1e-9))
+  return _features(arrays, wanted, labels, cache_hit, start_time, num)
 
 
 def extract_sharded(checkpoint: Checkpoint, local_images, *, local_labels=None,
@@ -617,10 +629,8 @@ def extract_sharded(checkpoint: Checkpoint, local_images, *, local_labels=None,
   combined = hashlib.sha1(b'process shards|' + digests.tobytes()).hexdigest()
   key = None
   if cache is not None:
-    key = CacheKey(checkpoint=checkpoint.name, fingerprint=checkpoint.fingerprint,
-                   task=task_name or '_images', split=split or '',
-                   subset=f'{subset},processes={jax.process_count()}',
-                   preprocessing=dict(checkpoint.preprocessing), images_hash=combined)
+    key = _cache_key(checkpoint, task_name, split, f'{subset},processes={jax.process_count()}',
+                     combined)
   hit = bool(parallel.broadcast(np.array(
       cache is not None and parallel.is_writer() and cache.get(key, required=wanted) is not None)))
   if hit:
@@ -638,11 +648,7 @@ def extract_sharded(checkpoint: Checkpoint, local_images, *, local_labels=None,
   labels = None
   if local_labels is not None:
     labels = parallel.allgather_rows(np.asarray(local_labels), num_examples)
-  seconds = time.perf_counter() - start_time
-  return Features(pre_logits=arrays.get('pre_logits') if 'pre_logits' in wanted else None,
-                  logits=arrays.get('logits') if 'logits' in wanted else None,
-                  labels=labels, cache_hit=hit, seconds=seconds,
-                  images_per_second=num_examples / max(seconds, 1e-9))
+  return _features(arrays, wanted, labels, hit, start_time, num_examples)
 
 
 def extract_task(checkpoint: Checkpoint, task, role: str, *, data_dir: Optional[str] = None,

@@ -289,15 +289,6 @@ def pool_map(fn: Callable[..., Any], stacked, *shared, mesh: Optional[jax.shardi
   return to_host(mapped(placed, *shared), size)
 
 
-def check_devices(mesh: jax.sharding.Mesh) -> None:
-  """Logs the mesh; a mesh must not mix device kinds (their numerics differ)."""
-  kinds = sorted({d.device_kind for d in mesh.devices.flat})
-  if len(kinds) > 1:
-    raise ValueError(f'The mesh mixes device kinds {kinds}; use devices of one kind.')
-  logging.info('Mesh %s over %d %s device(s) of %d process(es).', dict(mesh.shape),
-               mesh.devices.size, kinds[0], jax.process_count())
-
-
-__all__ = ['DATA_AXIS', 'POOL_AXIS', 'allgather_rows', 'broadcast', 'check_devices',
-           'global_mesh', 'initialize', 'is_writer', 'lapack_safe_mesh', 'local_mesh', 'pool_map',
-           'process_range', 'replicate', 'shard_leading', 'to_host']
+__all__ = ['DATA_AXIS', 'POOL_AXIS', 'allgather_rows', 'broadcast', 'global_mesh', 'initialize',
+           'is_writer', 'lapack_safe_mesh', 'local_mesh', 'pool_map', 'process_range',
+           'replicate', 'shard_leading', 'to_host']
