@@ -406,30 +406,44 @@ class _Work:
     return dict(vars(self))
 
 
-def _scale(config) -> tuple[int, int]:
-  """(checkpoints per batch (0: all), memory budget in bytes (0: none)) of `config.scale`."""
+def _scale(config) -> tuple[int, int, bool]:
+  """`config.scale`: (checkpoints per batch (0: all), memory budget in bytes (0: none), whether
+  images are streamed)."""
   scale = config.get('scale') or {}
   per_batch = int(scale.get('checkpoints_per_batch', 0) or 0)
   budget = int(float(scale.get('memory_budget_mb', 0) or 0) * 2**20)
-  return per_batch, budget
+  return per_batch, budget, bool(scale.get('stream_images', False))
 
 
-def _load_examples(config, task_info):
-  """This process's share of the task's training role, and the total number of examples."""
+def _load_examples(config, task_info, batch_size: int):
+  """This process's share of the task's training role: (examples or None, stream or None, scan
+  or None, the total number of examples over all processes).
+
+  With `config.scale.stream_images` the share is a `data.Stream`, scanned once here (its labels
+  and images hash) and read again by each checkpoint that runs on it; else it is read into memory.
+  """
   from ckpt_rank import data  # pylint: disable=g-import-not-at-top  (imports TF)
   shard = None
   if jax.process_count() > 1:
     shard = (jax.process_index(), jax.process_count())
-  examples = data.load(task_info, config.train_role, data_dir=config.data_dir or None,
-                       max_examples=config.max_train_examples, image_size=int(config.image_size),
-                       process_shard=shard)
-  total = len(examples.labels)
+  kwargs = dict(data_dir=config.data_dir or None, max_examples=config.max_train_examples,
+                image_size=int(config.image_size), process_shard=shard)
+  if _scale(config)[2]:
+    stream = data.Stream(task_info, config.train_role, batch_size=batch_size, **kwargs)
+    local = stream.num_examples
+  else:
+    examples = data.load(task_info, config.train_role, **kwargs)
+    local = len(examples.labels)
+  total = local
   if shard is not None:
-    total = int(parallel.allgather_rows(np.array([total], np.int64)).sum())
+    total = int(parallel.allgather_rows(np.array([local], np.int64)).sum())
     if total < jax.process_count():
       raise ValueError(f'Task {task_info.name!r}: {total} examples for {jax.process_count()} '
                        'processes; every process needs at least one.')
-  return examples, total
+  if _scale(config)[2]:
+    scanned = features_lib.scan(stream)
+    return None, stream, scanned, total
+  return examples, None, None, total
 
 
 def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
@@ -481,9 +495,12 @@ def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
     logging.info('Task %s: every feature set and score is on disk.', task)
     return records, scores
 
-  (images, labels), num_examples = _load_examples(config, task_info)
   mesh = parallel.local_mesh() if jax.local_device_count() > 1 else None
-  per_batch, budget = _scale(config)
+  batch_size = int(config.features.get('batch_size', 64))
+  if mesh is not None:  # Every device gets the same share of each batch.
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+  examples, stream, scanned, num_examples = _load_examples(config, task_info, batch_size)
+  per_batch, budget, _ = _scale(config)
   per_batch = per_batch or len(needs_features)
   for first in range(0, len(needs_features), per_batch):
     batch = needs_features[first:first + per_batch]
@@ -496,11 +513,16 @@ def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
         work.checkpoints_loaded += 1
         if loaded is not None:
           loaded[name] = checkpoint
-      extracted = features_lib.extract_sharded(
-          checkpoint, images, local_labels=labels, num_examples=num_examples,
+      where = dict(
           task_name=task_info.name, split=task_info.split(config.train_role),
           subset=f'max_examples={config.max_train_examples},image_size={int(config.image_size)}',
-          cache=cache, batch_size=int(config.features.get('batch_size', 64)), mesh=mesh)
+          cache=cache, batch_size=batch_size, mesh=mesh)
+      if stream is not None:
+        extracted = features_lib.extract_stream(checkpoint, stream, scanned=scanned, **where)
+      else:
+        extracted = features_lib.extract_sharded(
+            checkpoint, examples.images, local_labels=examples.labels,
+            num_examples=num_examples, **where)
       if not extracted.cache_hit:
         work.features_extracted += 1
       arrays[name] = extracted

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -93,11 +94,15 @@ def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([rows, repeat], axis=0)
 
 
-def _check_batching(images, batch_size: int) -> int:
+def _check_batch_size(batch_size: int) -> None:
   if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
     raise ValueError(f'batch_size must be an integer, got {batch_size!r}.')
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+
+
+def _check_batching(images, batch_size: int) -> int:
+  _check_batch_size(batch_size)
   shape = getattr(images, 'shape', None)
   if shape is None or len(shape) < 1:
     raise ValueError('images must be an array with a leading example dimension, got '
@@ -198,39 +203,82 @@ def batched_apply(fn: Callable[[np.ndarray], Mapping[str, Any]], images, *, batc
     Dict of [N, ...] NumPy arrays, one per output of `fn`, padding rows dropped.
   """
   num = _check_batching(images, batch_size)
+  return apply_batches(fn, _chunks_of(images, batch_size), num, batch_size=batch_size,
+                       progress=progress, name=name)
+
+
+def _chunks_of(images, batch_size: int) -> Iterable[Any]:
+  """Consecutive slices of at most `batch_size` rows of `images` (checked first)."""
+  _check_batching(images, batch_size)
+  return (images[start:start + batch_size] for start in range(0, images.shape[0], batch_size))
+
+
+def apply_batches(fn: Callable[[np.ndarray], Mapping[str, Any]], chunks: Iterable[Any],
+                  num: int, *, batch_size: int = 64, progress: Optional[bool] = None,
+                  name: str = '',
+                  allocate: Optional[Callable[[str, tuple[int, ...], np.dtype], Any]] = None
+                  ) -> dict[str, Any]:
+  """`batched_apply` over `num` rows that arrive as consecutive `chunks` of any size.
+
+  Each chunk is cut into pieces of at most `batch_size` rows, each padded to `batch_size`, so
+  only about two batches of input are held at a time: the chunks can come from a stream
+  (`ckpt_rank.data.Stream`) and the outputs can go to disk (`allocate` returning memory-mapped
+  arrays).
+
+  Args:
+    fn: see `batched_apply`.
+    chunks: arrays [n_i, ...] whose rows, in order, are the `num` inputs.
+    num: the total number of rows (checked against the chunks).
+    batch_size, progress, name: see `batched_apply`.
+    allocate: (output name, shape [num, ...], dtype) -> an array to fill; default `np.empty`.
+
+  Returns:
+    Dict of the arrays `allocate` gave, one per output of `fn`, filled.
+  """
+  _check_batch_size(batch_size)
+  if num < 1:
+    raise ValueError(f'nothing to extract: {num} rows.')
+  allocate = allocate or (lambda _, shape, dtype: np.empty(shape, dtype))
   bar = _Progress(num, name, progress)
-  results: dict[str, np.ndarray] = {}
+  results: dict[str, Any] = {}
+  label = name or 'fn'
 
   def collect(outputs: Mapping[str, Any], start: int, count: int) -> None:
     if not isinstance(outputs, Mapping):
-      raise ValueError(f'{name or "fn"} must return a dict of arrays, got '
-                       f'{type(outputs).__name__}.')
+      raise ValueError(f'{label} must return a dict of arrays, got {type(outputs).__name__}.')
     for key, value in outputs.items():
       array = _to_numpy(value)
       if array.ndim < 1 or array.shape[0] != batch_size:
-        raise ValueError(f'{name or "fn"}: output {key!r} has shape {array.shape}; its leading '
+        raise ValueError(f'{label}: output {key!r} has shape {array.shape}; its leading '
                          f'dimension must be the batch size {batch_size}.')
       if key not in results:
         if start:
-          raise ValueError(f'{name or "fn"}: output {key!r} appeared only at image {start}.')
-        results[key] = np.empty((num,) + array.shape[1:], array.dtype)
+          raise ValueError(f'{label}: output {key!r} appeared only at image {start}.')
+        results[key] = allocate(key, (num,) + array.shape[1:], array.dtype)
       elif array.shape[1:] != results[key].shape[1:]:
-        raise ValueError(f'{name or "fn"}: output {key!r} changed shape between batches: '
+        raise ValueError(f'{label}: output {key!r} changed shape between batches: '
                          f'{results[key].shape[1:]} then {array.shape[1:]}.')
       results[key][start:start + count] = array[:count]
     missing = set(results) - set(outputs)
     if missing:
-      raise ValueError(f'{name or "fn"}: outputs {sorted(missing)} missing at image {start}.')
+      raise ValueError(f'{label}: outputs {sorted(missing)} missing at image {start}.')
     bar.update(count)
 
   pending = None  # (outputs, start, count) of the batch dispatched last and not yet fetched.
-  for start in range(0, num, batch_size):
-    count = min(batch_size, num - start)
-    batch = _pad_rows(np.asarray(images[start:start + count]), batch_size)
-    outputs = fn(batch)  # Returns at once for a jitted JAX fn; computes in the background.
-    if pending is not None:
-      collect(*pending)  # Waits for the previous batch while this one is in flight.
-    pending = (outputs, start, count)
+  start = 0
+  for chunk in chunks:
+    for offset in range(0, len(chunk), batch_size):
+      rows = np.asarray(chunk[offset:offset + batch_size])
+      count = rows.shape[0]
+      if start + count > num:
+        raise ValueError(f'{label}: the input has more than the {num} rows announced.')
+      outputs = fn(_pad_rows(rows, batch_size))  # Returns at once for a jitted JAX fn.
+      if pending is not None:
+        collect(*pending)  # Waits for the previous batch while this one is in flight.
+      pending = (outputs, start, count)
+      start += count
+  if start != num:
+    raise ValueError(f'{label}: the input had {start} rows, not the {num} announced.')
   collect(*pending)
   bar.close()
   return results
@@ -484,45 +532,70 @@ def _features(arrays: Mapping[str, np.ndarray], wanted: Sequence[str], labels, c
                   images_per_second=num / max(seconds, 1e-9))
 
 
-def _run(checkpoint: Checkpoint, images: np.ndarray, wanted: Sequence[str], *,
-         batch_size: int, progress: Optional[bool], mesh) -> dict[str, np.ndarray]:
-  """The `wanted` outputs of `checkpoint` on checked images, as float32 [N, D] NumPy arrays."""
-  if mesh is not None:
-    batch_size = -(-int(batch_size) // mesh.size) * mesh.size
+def _apply_fn(checkpoint: Checkpoint, wanted: Sequence[str], mesh) -> Callable[[Any], Any]:
+  """One batch -> the `wanted` outputs of `checkpoint`, split across `mesh` when given."""
+  sharded = None if mesh is None else getattr(checkpoint, 'apply_sharded', None)
 
   def apply(batch):
-    if mesh is None:
-      result = checkpoint.apply_batch(batch)
-    else:
-      sharded = getattr(checkpoint, 'apply_sharded', None)
-      result = (checkpoint.apply_batch(batch) if sharded is None else sharded(batch, mesh))
+    result = checkpoint.apply_batch(batch) if sharded is None else sharded(batch, mesh)
     missing = [o for o in wanted if o not in result]
     if missing:
       raise ValueError(f'checkpoint {checkpoint.name!r}: apply_batch returned '
                        f'{sorted(result)}, missing {missing}.')
     return {o: result[o] for o in wanted}  # Never fetches outputs nobody asked for.
 
-  arrays = batched_apply(apply, images, batch_size=batch_size, progress=progress,
-                         name=checkpoint.name)
+  return apply
+
+
+def _run(checkpoint: Checkpoint, chunks: Iterable[Any], num: int, wanted: Sequence[str], *,
+         batch_size: int, progress: Optional[bool], mesh,
+         allocate: Optional[Callable[..., Any]] = None) -> dict[str, np.ndarray]:
+  """The `wanted` outputs of `checkpoint` on `num` checked images arriving in `chunks`.
+
+  Returns float32 [num, D] arrays (those `allocate` gave, when given: e.g. memory-mapped files).
+  """
+  if mesh is not None:
+    batch_size = -(-int(batch_size) // mesh.size) * mesh.size
+
+  def float32(name, shape, dtype):
+    del dtype  # Stored as float32 whatever the network computes in.
+    return np.empty(shape, np.float32) if allocate is None else allocate(name, shape, np.float32)
+
+  arrays = apply_batches(_apply_fn(checkpoint, wanted, mesh), chunks, num,
+                         batch_size=batch_size, progress=progress, name=checkpoint.name,
+                         allocate=float32)
   for name in wanted:
     if arrays[name].ndim != 2:
       raise ValueError(f'checkpoint {checkpoint.name!r}: {name} must be [N, D], got shape '
                        f'{arrays[name].shape}.')
-    arrays[name] = arrays[name].astype(np.float32, copy=False)
   return arrays
 
 
+# Rows per block where whole arrays may be memory-mapped files larger than memory.
+_BLOCK_ROWS = 8192
+
+
 def _check_outputs_finite(checkpoint: Checkpoint, arrays: Mapping[str, np.ndarray],
-                          wanted: Sequence[str]) -> None:
+                          wanted: Sequence[str], first_row: int = 0) -> None:
+  """Raises ValueError if an output has NaN or inf (read in blocks of rows)."""
   for name in wanted:
     array = arrays[name]
-    finite = np.isfinite(array)
-    if not finite.all():
+    nans = infs = bad = 0
+    first_bad = None
+    for start in range(0, array.shape[0], _BLOCK_ROWS):
+      block = np.asarray(array[start:start + _BLOCK_ROWS])
+      finite = np.isfinite(block)
+      if finite.all():
+        continue
       bad_rows = np.flatnonzero(~finite.all(axis=1))
+      nans += int(np.isnan(block).sum())
+      infs += int(np.isinf(block).sum())
+      bad += bad_rows.size
+      first_bad = start + int(bad_rows[0]) if first_bad is None else first_bad
+    if bad:
       raise ValueError(
-          f'checkpoint {checkpoint.name!r} produced non-finite {name} '
-          f'({int(np.isnan(array).sum())} NaN, {int(np.isinf(array).sum())} inf) for '
-          f'{bad_rows.size} of {array.shape[0]} images, first image {int(bad_rows[0])}; nothing '
+          f'checkpoint {checkpoint.name!r} produced non-finite {name} ({nans} NaN, {infs} inf) '
+          f'for {bad} of {array.shape[0]} images, first image {first_row + first_bad}; nothing '
           'was cached.')
 
 
@@ -576,7 +649,8 @@ def extract(checkpoint: Checkpoint, images, *, labels=None, task_name: Optional[
 
   cache_hit = arrays is not None
   if not cache_hit:
-    arrays = _run(checkpoint, images, wanted, batch_size=batch_size, progress=progress, mesh=mesh)
+    arrays = _run(checkpoint, _chunks_of(images, batch_size), num, wanted, batch_size=batch_size,
+                  progress=progress, mesh=mesh)
     _check_outputs_finite(checkpoint, arrays, wanted)
     if cache is not None:
       path = cache.put(key, arrays)
@@ -624,9 +698,7 @@ def extract_sharded(checkpoint: Checkpoint, local_images, *, local_labels=None,
   images = check_images(local_images, name=f'images of process {jax.process_index()}')
   outputs = _check_outputs(outputs)
   wanted = tuple(o for o in outputs if o != 'logits' or checkpoint.has_head)
-  digests = parallel.allgather_rows(
-      np.frombuffer(bytes.fromhex(images_hash(images)), np.uint8)[None])
-  combined = hashlib.sha1(b'process shards|' + digests.tobytes()).hexdigest()
+  combined = _combined_hash(images_hash(images))
   key = None
   if cache is not None:
     key = _cache_key(checkpoint, task_name, split, f'{subset},processes={jax.process_count()}',
@@ -640,7 +712,8 @@ def extract_sharded(checkpoint: Checkpoint, local_images, *, local_labels=None,
                        f'{cache.path(key)} that process 0 read: the workdir must be on a '
                        'filesystem every process sees.')
   else:
-    local = _run(checkpoint, images, wanted, batch_size=batch_size, progress=progress, mesh=mesh)
+    local = _run(checkpoint, _chunks_of(images, batch_size), images.shape[0], wanted,
+                 batch_size=batch_size, progress=progress, mesh=mesh)
     arrays = {name: parallel.allgather_rows(local[name], num_examples) for name in wanted}
     _check_outputs_finite(checkpoint, arrays, wanted)
     if cache is not None and parallel.is_writer():
@@ -649,6 +722,290 @@ def extract_sharded(checkpoint: Checkpoint, local_images, *, local_labels=None,
   if local_labels is not None:
     labels = parallel.allgather_rows(np.asarray(local_labels), num_examples)
   return _features(arrays, wanted, labels, hit, start_time, num_examples)
+
+
+def _combined_hash(local_hash: str) -> str:
+  """The images hash of a multi-process run: every process's share's hash, in process order."""
+  from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
+  digests = parallel.allgather_rows(np.frombuffer(bytes.fromhex(local_hash), np.uint8)[None])
+  return hashlib.sha1(b'process shards|' + digests.tobytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Streams: images that are never all in memory.
+# ----------------------------------------------------------------------------------------------
+
+class Scan(NamedTuple):
+  """What one pass over a stream's images tells, before any checkpoint runs on them.
+
+  Attributes:
+    images_hash: the cache key's hash: `images_hash` of all the images (a multi-process run
+      combines the processes' shares, as `extract_sharded` does).
+    local_hash: `images_hash` of this process's share (the whole stream with one process).
+    labels: [num_examples] labels of all processes, or None when the stream yields none.
+    num_examples: images over all processes.
+    local_num: images of this process's stream.
+  """
+  images_hash: str
+  local_hash: str
+  labels: Optional[np.ndarray]
+  num_examples: int
+  local_num: int
+
+
+class _StreamHasher:
+  """Checks a stream's chunks and computes `images_hash` of their concatenation as they pass."""
+
+  def __init__(self, num: int):
+    self.num = num
+    self.count = 0
+    self._sha = None
+    self._shape = None
+    self._labels = []
+
+  def update(self, chunk) -> np.ndarray:
+    """Takes one item of the stream (see `scan`); returns its images."""
+    if hasattr(chunk, 'images'):
+      images, labels = chunk.images, chunk.labels
+    elif isinstance(chunk, tuple) and len(chunk) == 2:
+      images, labels = chunk
+    else:
+      images, labels = chunk, None
+    images = check_images(images, name=f'images {self.count}.. of the stream')
+    if self._sha is None:
+      self._shape = (images.shape[1:], images.dtype.str, labels is None)
+      shape = (self.num,) + tuple(images.shape[1:])
+      self._sha = hashlib.sha1(f'{shape}|{images.dtype.str}|'.encode())
+    elif (images.shape[1:], images.dtype.str, labels is None) != self._shape:
+      raise ValueError(f'The stream changed at image {self.count}: images {images.shape[1:]} '
+                       f'{images.dtype} with{"out" if labels is None else ""} labels after '
+                       f'{self._shape[0]} {np.dtype(self._shape[1])} '
+                       f'with{"out" if self._shape[2] else ""} labels.')
+    if labels is not None:
+      labels = np.asarray(labels)
+      if labels.shape[:1] != images.shape[:1]:
+        raise ValueError(f'The stream gave {images.shape[0]} images but {labels.shape[:1]} labels '
+                         f'at image {self.count}.')
+      self._labels.append(labels)
+    self._sha.update(memoryview(np.ascontiguousarray(images)).cast('B'))
+    self.count += images.shape[0]
+    if self.count > self.num:
+      raise ValueError(f'The stream gave more than the {self.num} images it announced.')
+    return images
+
+  def finish(self) -> tuple[str, Optional[np.ndarray]]:
+    """(images_hash of everything seen, the labels or None); checks the count."""
+    if self.count != self.num or self._sha is None:
+      raise ValueError(f'The stream gave {self.count} images, not the {self.num} it announced.')
+    labels = np.concatenate(self._labels) if self._labels else None
+    return self._sha.hexdigest(), labels
+
+
+def _stream_size(stream, num_examples: Optional[int]) -> int:
+  num = getattr(stream, 'num_examples', None) if num_examples is None else num_examples
+  if num is None:
+    raise ValueError('Pass num_examples= for a stream without a num_examples attribute.')
+  if int(num) < 1:
+    raise ValueError(f'The stream has {num} images; nothing to extract.')
+  return int(num)
+
+
+def scan(stream, *, num_examples: Optional[int] = None) -> Scan:
+  """One pass over `stream`: its images hash (the cache key's) and its labels.
+
+  Args:
+    stream: an iterable that yields `Examples`-like items (`.images` [n, H, W, 3], `.labels`
+      [n]), (images, labels) pairs or image arrays, the same ones on every iteration, e.g.
+      `ckpt_rank.data.Stream` or a list. In a multi-process run, this process's share.
+    num_examples: how many images it yields; default `stream.num_examples`.
+
+  Returns:
+    `Scan`. In a multi-process run (every process calls it) the hash and labels cover every
+    process's share.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
+  local_num = _stream_size(stream, num_examples)
+  hasher = _StreamHasher(local_num)
+  for chunk in stream:
+    hasher.update(chunk)
+  local_hash, labels = hasher.finish()
+  if jax.process_count() == 1:
+    return Scan(local_hash, local_hash, labels, local_num, local_num)
+  total = int(parallel.allgather_rows(np.array([local_num], np.int64)).sum())
+  if labels is not None:
+    labels = parallel.allgather_rows(labels, total)
+  return Scan(_combined_hash(local_hash), local_hash, labels, total, local_num)
+
+
+def _open_npy(path: str, shape: tuple[int, ...]) -> np.ndarray:
+  return np.lib.format.open_memmap(path, mode='w+', dtype=np.float32, shape=shape)
+
+
+def _all_ok(ok: bool) -> list[int]:
+  """A barrier that also tells every process which processes failed (their indices)."""
+  from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
+  flags = parallel.allgather_rows(np.array([int(ok)], np.int32))
+  return [i for i, flag in enumerate(flags) if not flag]
+
+
+def extract_stream(checkpoint: Checkpoint, stream, *, num_examples: Optional[int] = None,
+                   scanned: Optional[Scan] = None, task_name: Optional[str] = None,
+                   split: Optional[str] = None, subset: str = '',
+                   cache: Optional[FeatureCache] = None, batch_size: int = 64,
+                   progress: Optional[bool] = None, outputs: Sequence[str] = OUTPUT_NAMES,
+                   mesh=None) -> Features:
+  """`extract` on images that arrive batch by batch, never all in memory.
+
+  The outputs are written batch by batch into memory-mapped `.npy` files beside the cache, then
+  published as the cache entry `extract` would write for the same images (the key is the same, so
+  streamed and in-memory runs share entries); the result is read back from that entry. Memory
+  holds about two batches of images, whatever the number of images; the features themselves are
+  the result, [N, D] in memory.
+
+  Reading a stream twice: on a cache hit, a scan (`scan`, or `scanned` when the caller already
+  has one: one scan serves every checkpoint on the same images) gives the key, and the
+  checkpoint does not run. On a miss the stream is read again to run the checkpoint, and
+  its images are hashed again: a stream that yields other images the second time (shuffled,
+  augmented) is an error, never a cache entry under the wrong key. Without a cache there is one
+  pass and the outputs are held in memory.
+
+  Several processes (`jax.process_count() > 1`): every process passes its share (`data.Stream(
+  ..., process_shard=...)`) and writes its rows into its own file in the cache directory (the
+  workdir must be on a filesystem every process sees); process 0 joins them into the entry and
+  every process reads it. A cache is then required.
+
+  Args:
+    checkpoint: a `Checkpoint`.
+    stream: see `scan`.
+    num_examples: images the stream yields; default `stream.num_examples`.
+    scanned: `scan(stream)`, if the caller has it.
+    task_name, split, subset, cache, batch_size, progress, outputs, mesh: see `extract`.
+
+  Returns:
+    `Features` over every image (of every process), with the stream's labels.
+
+  Raises:
+    ValueError: as `extract`, and for a stream that gives a different number of images than it
+      announced, changes shape, or gives other images on a second pass.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
+  start_time = time.perf_counter()
+  outputs = _check_outputs(outputs)
+  wanted = tuple(o for o in outputs if o != 'logits' or checkpoint.has_head)
+  processes = jax.process_count()
+  if processes > 1 and cache is None:
+    raise ValueError('extract_stream across processes needs a cache (on a filesystem every '
+                     'process sees) to join the processes\' rows in.')
+  if cache is not None and scanned is None:
+    scanned = scan(stream, num_examples=num_examples)
+  local_num = scanned.local_num if scanned is not None else _stream_size(stream, num_examples)
+
+  key = None
+  if cache is not None:
+    key = _cache_key(checkpoint, task_name, split,
+                     subset if processes == 1 else f'{subset},processes={processes}',
+                     scanned.images_hash)
+    hit = cache.get(key, required=wanted) is not None if parallel.is_writer() else False
+    if processes > 1:
+      hit = bool(parallel.broadcast(np.array(hit)))
+    if hit:
+      arrays = cache.get(key, required=wanted)
+      if arrays is None:
+        raise ValueError(f'Process {jax.process_index()} cannot read the feature cache entry '
+                         f'{cache.path(key)} that process 0 read: the workdir must be on a '
+                         'filesystem every process sees.')
+      logging.info('Feature cache hit: %s on %s/%s (%d images) from %s.', checkpoint.name,
+                   key.task, key.split, scanned.num_examples, cache.path(key))
+      return _features(arrays, wanted, scanned.labels, True, start_time, scanned.num_examples)
+
+  hasher = _StreamHasher(local_num)
+  chunks = (hasher.update(chunk) for chunk in stream)
+  if cache is None:  # One process, nothing to write: one pass, in memory.
+    arrays = _run(checkpoint, chunks, local_num, wanted, batch_size=batch_size,
+                  progress=progress, mesh=mesh)
+    _, labels = hasher.finish()
+    _check_outputs_finite(checkpoint, arrays, wanted)
+    return _features(arrays, wanted, labels, False, start_time, local_num)
+
+  # A directory beside the entry for the rows being written; every process must agree on it.
+  nonce = os.urandom(8)
+  if processes > 1:
+    nonce = parallel.broadcast(np.frombuffer(nonce, np.uint8)).astype(np.uint8).tobytes()
+  parts = os.path.join(os.path.dirname(cache.path(key)), f'.tmp-stream-{key.digest()}-'
+                       f'{nonce.hex()}')
+  os.makedirs(parts, exist_ok=True)
+  index = jax.process_index()
+  try:
+    failure = None
+    try:
+      local = _run(checkpoint, chunks, local_num, wanted, batch_size=batch_size,
+                   progress=progress, mesh=mesh,
+                   allocate=lambda name, shape, _: _open_npy(
+                       os.path.join(parts, f'{name}-{index}.npy'), shape))
+      local_hash, _ = hasher.finish()
+      if local_hash != scanned.local_hash:
+        raise ValueError('The stream gave other images on its second pass than on its first; it '
+                         'must yield the same images in the same order each time (no shuffling '
+                         'or random augmentation) to be cached.')
+      first = 0
+      if processes > 1:
+        first = parallel.process_range(scanned.num_examples, index, processes)[0]
+      _check_outputs_finite(checkpoint, local, wanted, first_row=first)
+      for array in local.values():
+        array.flush()
+      del local
+    except Exception as e:  # pylint: disable=broad-except
+      failure = e
+    failed = _all_ok(failure is None) if processes > 1 else ([0] if failure else [])
+    if failure is not None:
+      raise failure
+    if failed:
+      raise ValueError(f'Feature extraction of {checkpoint.name!r} failed on processes {failed} '
+                       '(see their logs); nothing was cached.')
+    if parallel.is_writer():
+      if processes == 1:
+        arrays = {name: np.load(os.path.join(parts, f'{name}-0.npy'), mmap_mode='r')
+                  for name in wanted}
+      else:
+        arrays = _join_parts(parts, wanted, processes, scanned.num_examples)
+      path = cache.put(key, arrays)
+      del arrays
+      logging.info('Feature cache: stored %s on %s/%s (%d images, streamed) in %s.',
+                   checkpoint.name, key.task, key.split, scanned.num_examples, path)
+    if processes > 1:
+      _all_ok(True)  # Every process waits for process 0's entry.
+  finally:
+    if parallel.is_writer():
+      shutil.rmtree(parts, ignore_errors=True)
+  arrays = cache.get(key, required=wanted)
+  if arrays is None:
+    raise ValueError(f'Process {index} cannot read the feature cache entry {cache.path(key)} '
+                     'just written: the workdir must be on a filesystem every process sees.')
+  return _features(arrays, wanted, scanned.labels, False, start_time, scanned.num_examples)
+
+
+def _join_parts(parts: str, wanted: Sequence[str], processes: int,
+                num: int) -> dict[str, np.ndarray]:
+  """The processes' row files under `parts` joined in process order, block by block."""
+  joined = {}
+  for name in wanted:
+    shares = [np.load(os.path.join(parts, f'{name}-{i}.npy'), mmap_mode='r')
+              for i in range(processes)]
+    if sum(len(share) for share in shares) != num:
+      raise ValueError(f'The processes wrote {[len(s) for s in shares]} rows of {name}, not '
+                       f'{num} in all.')
+    out = _open_npy(os.path.join(parts, f'{name}-all.npy'), (num,) + shares[0].shape[1:])
+    row = 0
+    for share in shares:
+      for start in range(0, len(share), _BLOCK_ROWS):
+        block = share[start:start + _BLOCK_ROWS]
+        out[row:row + len(block)] = block
+        row += len(block)
+    out.flush()
+    joined[name] = out
+  return joined
 
 
 def extract_task(checkpoint: Checkpoint, task, role: str, *, data_dir: Optional[str] = None,

@@ -53,7 +53,7 @@ FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                    'decay_fractions', 'momentum', 'weight_decay', 'seed'), ()),
     'features': (('batch_size',), ()),
     'ground_truth': (('table',), ()),
-    'scale': ((), ('checkpoints_per_batch', 'memory_budget_mb')),
+    'scale': ((), ('checkpoints_per_batch', 'memory_budget_mb', 'stream_images')),
 }
 _GROUP_FIELDS = ('description', 'checkpoints')
 # `checkpoints.load` options per source (see ckpt_rank/checkpoints/*.py).
@@ -219,6 +219,9 @@ def validate_config(config) -> None:
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 0:
       problems.append(f'config.scale.memory_budget_mb must be a number >= 0 (0: no bound), got '
                       f'{budget!r}.')
+  if 'stream_images' in scale and not isinstance(scale.stream_images, bool):
+    problems.append(f'config.scale.stream_images must be True or False, got '
+                    f'{scale.stream_images!r}.')
 
   # Tasks and roles (the snapshot runs' source tasks are checked with their own role).
   roles = {'train_role': config.train_role, 'eval_role': config.eval_role}

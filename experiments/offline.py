@@ -112,10 +112,12 @@ def get_config(arg=None):
   config.ranking_ks = (1, 3)
 
   # Scale: 0 holds every checkpoint's features of a task at once (NLEEP runs them as one batch)
-  # and bounds no measure's memory; experiments/vtab.py shows bounded settings.
+  # and bounds no measure's memory; the images (1000 per task) are read into memory once.
+  # experiments/vtab.py shows bounded settings.
   config.scale = ml_collections.ConfigDict()
   config.scale.checkpoints_per_batch = 0
   config.scale.memory_budget_mb = 0.0
+  config.scale.stream_images = False
 
   config.ground_truth = ml_collections.ConfigDict()
   # Written by the finetune command in the docstring; '' fine-tunes in the run instead.

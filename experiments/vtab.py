@@ -250,11 +250,14 @@ def get_config(arg=None):
   config.ranking_ks = (1, 3)
 
   # Scale (ckpt_rank.parallel; see the README "Several devices and hosts"): features of 8
-  # checkpoints at a time in memory (NLEEP runs them as one batch split across every device), and
-  # NLEEP's EM and kNN's distances in chunks that fit 2 GiB per call.
+  # checkpoints at a time in memory (NLEEP runs them as one batch split across every device),
+  # NLEEP's EM and kNN's distances in chunks that fit 2 GiB per call, and images read from TFDS
+  # batch by batch for each checkpoint (never a whole split in memory; features go to the cache
+  # as they come).
   config.scale = ml_collections.ConfigDict()
   config.scale.checkpoints_per_batch = 8
   config.scale.memory_budget_mb = 2048.0
+  config.scale.stream_images = True
 
   config.ground_truth = ml_collections.ConfigDict()
   config.ground_truth.table = str(arg.table)  # '' = fine-tune in the run (see the docstring).

@@ -157,7 +157,10 @@ class ConfigTest(absltest.TestCase):
     config = _offline_config()
     config.scale.checkpoints_per_batch = -1
     config.scale.memory_budget_mb = -1
-    with self.assertRaisesRegex(ValueError, r'checkpoints_per_batch(.|\n)*memory_budget_mb'):
+    del config.scale['stream_images']  # A field of another type, as a hand-written config has.
+    config.scale.stream_images = 1
+    with self.assertRaisesRegex(ValueError, r'checkpoints_per_batch(.|\n)*memory_budget_mb(.|\n)*'
+                                r'stream_images must be True or False, got 1'):
       experiment.check_config(config)
 
 

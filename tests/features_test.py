@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import threading
 import time
+from typing import NamedTuple
 from unittest import mock
 
 from absl.testing import absltest
@@ -490,6 +491,122 @@ class CacheTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "preprocessing.*'resize'.*JSON-like"):
       self._extract(ckpt)
 
+
+
+class _Stream:
+  """Images and labels in chunks of uneven sizes, a new pass on each iteration.
+
+  `produced` counts the chunks handed out so far; `mutate(pass_number, first_row, images)` may
+  alter the images of a chunk.
+  """
+
+  def __init__(self, images, labels, sizes, mutate=None):
+    self.images, self.labels, self.mutate = images, labels, mutate
+    self.bounds = np.cumsum([0] + list(sizes))
+    self.num_examples = int(self.bounds[-1])
+    self.produced = self.passes = 0
+
+  def __iter__(self):
+    self.passes += 1
+    for lo, hi in zip(self.bounds[:-1], self.bounds[1:]):
+      self.produced += 1
+      images = self.images[lo:hi]
+      if self.mutate is not None:
+        images = self.mutate(self.passes, lo, images)
+      yield _Chunk(images, self.labels[lo:hi])
+
+
+class _Chunk(NamedTuple):  # Like ckpt_rank.data.Examples, without importing TensorFlow.
+  images: np.ndarray
+  labels: np.ndarray
+
+
+class StreamTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.root = _tempdir(self)
+    self.cache = features.FeatureCache(self.root)
+    self.images = _images(16)
+    self.labels = np.arange(16) % 3
+    self.kwargs = dict(task_name='digits', split='train', batch_size=4, progress=False)
+
+  def _leftovers(self):
+    return [p for p in glob.glob(os.path.join(self.root, '**', '.tmp*'), recursive=True)]
+
+  def test_scan_hashes_as_images_hash(self):
+    scanned = features.scan(_Stream(self.images, self.labels, [3, 7, 1, 5]))
+    self.assertEqual(scanned.images_hash, features.images_hash(self.images))
+    self.assertEqual((scanned.num_examples, scanned.local_num), (16, 16))
+    np.testing.assert_array_equal(scanned.labels, self.labels)
+
+  def test_streamed_equals_reference_and_shares_extracts_cache_entry(self):
+    ckpt = TinyCheckpoint()
+    pre, logits = ckpt.reference(self.images)
+    # No cache: one pass, fed as it is read (never more than one chunk ahead of the network).
+    seen = []
+    apply_batch = ckpt.apply_batch
+    stream = _Stream(self.images, self.labels, [3, 7, 1, 5])
+    ckpt.apply_batch = lambda batch: (seen.append(stream.produced), apply_batch(batch))[1]
+    got = features.extract_stream(ckpt, stream, **self.kwargs)
+    self.assertEqual(stream.passes, 1)
+    self.assertEqual(seen, [1, 2, 2, 3, 4, 4])  # Batches of <= 4 rows cut from each chunk.
+    del ckpt.apply_batch
+    np.testing.assert_allclose(got.pre_logits, pre, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.logits, logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got.labels, self.labels)
+    self.assertFalse(got.cache_hit)
+    # Cached: a scan, then a pass through the network; then `extract` finds that very entry.
+    stream = _Stream(self.images, self.labels, [16])
+    streamed = features.extract_stream(ckpt, stream, cache=self.cache, **self.kwargs)
+    self.assertEqual((stream.passes, streamed.cache_hit), (2, False))
+    np.testing.assert_array_equal(streamed.pre_logits, got.pre_logits)
+    calls = ckpt.calls
+    in_memory = features.extract(ckpt, self.images, cache=self.cache, **self.kwargs)
+    self.assertTrue(in_memory.cache_hit)
+    np.testing.assert_array_equal(in_memory.logits, got.logits)
+    # And a stream finds it after one scan, without running the checkpoint.
+    stream = _Stream(self.images, self.labels, [5, 11])
+    again = features.extract_stream(ckpt, stream, cache=self.cache, **self.kwargs)
+    self.assertEqual((stream.passes, again.cache_hit, ckpt.calls), (1, True, calls))
+    np.testing.assert_array_equal(again.labels, self.labels)
+    self.assertLen(glob.glob(os.path.join(self.root, '**', '*.npz'), recursive=True), 1)
+    self.assertEqual(self._leftovers(), [])
+
+  def test_a_second_pass_with_other_images_is_refused(self):
+    def mutate(passes, unused_first, images):
+      return images if passes == 1 else images[::-1]
+    stream = _Stream(self.images, self.labels, [8, 8], mutate=mutate)
+    with self.assertRaisesRegex(ValueError, 'other images on its second pass'):
+      features.extract_stream(TinyCheckpoint(), stream, cache=self.cache, **self.kwargs)
+    self.assertEqual(glob.glob(os.path.join(self.root, '**', '*.np*'), recursive=True), [])
+    self.assertEqual(self._leftovers(), [])
+
+  def test_bad_streams(self):
+    ckpt = TinyCheckpoint()
+    short = _Stream(self.images, self.labels, [8, 7])
+    short.num_examples = 16
+    with self.assertRaisesRegex(ValueError, 'had 15 rows, not the 16 announced'):
+      features.extract_stream(ckpt, short, **self.kwargs)
+    with self.assertRaisesRegex(ValueError, 'gave 15 images, not the 16 it announced'):
+      features.scan(short)
+    long = _Stream(self.images, self.labels, [8, 8])
+    with self.assertRaisesRegex(ValueError, 'more than the 12 images'):
+      features.scan(long, num_examples=12)
+    with self.assertRaisesRegex(ValueError, 'num_examples='):
+      features.scan(iter([self.images]))
+    changing = _Stream(self.images, self.labels, [8, 8],
+                       mutate=lambda _, first, images: images[:, :4] if first else images)
+    with self.assertRaisesRegex(ValueError, r'stream changed at image 8: images \(4, 6, 3\)'):
+      features.scan(changing)
+    # Non-finite outputs: named with their image across chunks; nothing cached or left behind.
+    images = self.images.copy()
+    images[13, 0, 0, 0] = 255
+    with self.assertRaisesRegex(ValueError, r'non-finite pre_logits .* first image 13'):
+      features.extract_stream(NanCheckpoint(), _Stream(images, self.labels, [10, 6]),
+                              cache=self.cache, **self.kwargs)
+    self.assertEqual(glob.glob(os.path.join(self.root, '**', '*.np*'), recursive=True), [])
+    self.assertEqual(self._leftovers(), [])
 
 
 class ExtractTaskTest(absltest.TestCase):

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 from absl.testing import absltest
 import numpy as np
@@ -96,9 +97,9 @@ def _measure_checks(mesh):
 _MEASURES = ('leep', 'logme', 'knn', 'nleep(components_per_class=1)')
 
 
-def _experiment_config(workdir):
+def _experiment_config(workdir, stream_images=False):
   """A small benchmark: two random MobileNetV2 (width 0.35, saved by `_write_experiment_inputs`)
-  on 60 sklearn digits at 32 px, with a ground-truth table written beside them."""
+  on 61 sklearn digits at 32 px, with a ground-truth table written beside them."""
   from ckpt_rank import config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config('experiments/offline.py:runlocal')
   config.pool.checkpoints = tuple((name, 'flax:' + os.path.join(workdir, 'ckpts', name))
@@ -111,7 +112,8 @@ def _experiment_config(workdir):
   config.ground_truth.table = os.path.join(workdir, 'ground_truth.json')
   # Bounded: one checkpoint loaded and one feature set held and scored at a time.
   config.scale.checkpoints_per_batch = 1
-  config.scale.memory_budget_mb = 2.3  # NLEEP in chunks of 32 of the 61 examples.
+  config.scale.memory_budget_mb = 2.3  # NLEEP in chunks of 24 of the 61 examples.
+  config.scale.stream_images = stream_images
   return config
 
 
@@ -184,6 +186,13 @@ def _worker_process(port, process_id, workdir):
   again = features.extract_sharded(checkpoint, images[start:stop],
                                    local_labels=labels[start:stop], **kwargs)
   reference = features.extract(checkpoint, images, batch_size=4)  # This process alone.
+  # Streamed: this process's share in chunks of 5, its rows joined by process 0 into the cache.
+  share = [(images[i:min(i + 5, stop)], labels[i:min(i + 5, stop)])
+           for i in range(start, stop, 5)]
+  streamed = [features.extract_stream(checkpoint, share,
+                                      **dict(kwargs, num_examples=stop - start,
+                                             task_name='streamed'))
+              for _ in range(2)]
   result = {
       'process_count': jax.process_count(),
       'device_count': jax.device_count(),
@@ -194,13 +203,18 @@ def _worker_process(port, process_id, workdir):
       'logits_max_diff': float(np.abs(first.logits - reference.logits).max()),
       'again_equal': bool(np.array_equal(first.pre_logits, again.pre_logits)),
       'labels_equal': bool(np.array_equal(first.labels, labels)),
+      'streamed_hits': [bool(f.cache_hit) for f in streamed],
+      'streamed_max_diff': max(float(np.abs(f.pre_logits - reference.pre_logits).max())
+                               for f in streamed),
+      'streamed_labels_equal': all(np.array_equal(f.labels, labels) for f in streamed),
       'broadcast': int(parallel.broadcast(np.array(10 + process_id, np.int32))),
       'safe_mesh_processes': sorted(d.process_index for d in
                                     parallel.lapack_safe_mesh(parallel.global_mesh()).devices.flat),
   }
   # The benchmark itself, as `main` runs it on each host.
   from ckpt_rank import experiment  # pylint: disable=g-import-not-at-top
-  results = experiment.run(_experiment_config(workdir), os.path.join(workdir, 'two'))
+  results = experiment.run(_experiment_config(workdir, stream_images=True),
+                           os.path.join(workdir, 'two'))
   result['scores'] = [[m, c, v] for (m, c), v in sorted(_scores(results).items())]
   with open(os.path.join(workdir, f'process{process_id}.json'), 'w') as f:
     json.dump(result, f)
@@ -232,6 +246,29 @@ def _free_port():
   with socket.socket() as s:
     s.bind(('localhost', 0))
     return s.getsockname()[1]
+
+
+def _wait_all(processes, log_paths):
+  """Waits for every process; once one fails the others (stuck in a collective) are killed.
+
+  Returns the tail of each one's log.
+  """
+  deadline = time.monotonic() + _TIMEOUT_S
+  try:
+    while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+      if any(p.poll() not in (None, 0) for p in processes):
+        break
+      time.sleep(0.5)
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+  logs = []
+  for p, path in zip(processes, log_paths):
+    p.wait()
+    with open(path) as f:
+      logs.append(f.read()[-4000:])
+  return logs
 
 
 class _WorkdirTest(absltest.TestCase):
@@ -276,18 +313,14 @@ class TwoProcessesTest(_WorkdirTest):
     _write_experiment_inputs(self.workdir)
     port = _free_port()
     env = _env(2)  # 2 processes x 2 CPU devices.
-    processes = [subprocess.Popen(_worker_command('process', port, i, self.workdir), env=env,
-                                  cwd=_REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for i in range(2)]
-    logs = []
-    try:
-      for p in processes:
-        _, err = p.communicate(timeout=_TIMEOUT_S)
-        logs.append(err[-4000:])
-    finally:
-      for p in processes:
-        if p.poll() is None:
-          p.kill()
+    log_paths = [os.path.join(self.workdir, f'process{i}.log') for i in range(2)]
+    processes = []
+    for i, path in enumerate(log_paths):
+      with open(path, 'w') as log:  # A file, not a pipe: nothing blocks on a full buffer.
+        processes.append(subprocess.Popen(_worker_command('process', port, i, self.workdir),
+                                          env=env, cwd=_REPO, stdout=log,
+                                          stderr=subprocess.STDOUT))
+    logs = _wait_all(processes, log_paths)
     for i, p in enumerate(processes):
       self.assertEqual(p.returncode, 0, msg=f'process {i}:\n{logs[i]}')
     outs = []
@@ -305,16 +338,22 @@ class TwoProcessesTest(_WorkdirTest):
       self.assertLess(out['pre_logits_max_diff'], 1e-5)
       self.assertLess(out['logits_max_diff'], 1e-4)
       self.assertTrue(out['labels_equal'])
+      self.assertEqual(out['streamed_hits'], [False, True])
+      self.assertLess(out['streamed_max_diff'], 1e-5)
+      self.assertTrue(out['streamed_labels_equal'])
       self.assertEqual(out['broadcast'], 10)  # Process 0's value everywhere.
       self.assertEqual(out['safe_mesh_processes'], [0, 1])  # One CPU device of each process.
-    # Only process 0 wrote the cache entry.
-    written = [n for _, _, files in os.walk(os.path.join(self.workdir, 'cache')) for n in files
-               if n.endswith('.npz')]
-    self.assertLen(written, 1)
+    # Only process 0 wrote the cache entries (in memory and streamed), and no part files remain.
+    written = [n for _, dirs, files in os.walk(os.path.join(self.workdir, 'cache'))
+               for n in files + dirs if not n.endswith('.json')]
+    self.assertLen([n for n in written if n.endswith('.npz')], 2)
+    self.assertEqual(sorted(n for n in written if not n.endswith('.npz')),
+                     ['streamed', 'tiny', 'tiny', 'toy'])
 
-    # The benchmark on two processes (each extracting its share of the images on its 2 devices,
-    # NLEEP's pool split over all 4 devices of both, through the cross-process placing and
-    # gathering that `pool_map` also uses) against one process here.
+    # The benchmark on two processes (each streaming its share of the images from TFDS through
+    # its 2 devices into the shared cache, NLEEP's pool split over all 4 devices of both, through
+    # the cross-process placing and gathering that `pool_map` also uses) against one process here
+    # reading the images into memory.
     from ckpt_rank import experiment  # pylint: disable=g-import-not-at-top
     from ckpt_rank import results as results_lib  # pylint: disable=g-import-not-at-top
     one = _scores(experiment.run(_experiment_config(self.workdir),

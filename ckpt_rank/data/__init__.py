@@ -14,4 +14,5 @@ from ckpt_rank.data.pipeline import Examples
 from ckpt_rank.data.pipeline import iterate
 from ckpt_rank.data.pipeline import load
 from ckpt_rank.data.pipeline import shard_split
+from ckpt_rank.data.pipeline import Stream
 from ckpt_rank.data.tasks import Task

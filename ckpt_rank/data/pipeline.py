@@ -138,10 +138,83 @@ def shard_split(split: str, split_infos, start: int, stop: int) -> str:
   return '+'.join(parts)
 
 
+def _dataset(task: tasks_lib.Task, role: str, *, data_dir: str | None,
+             max_examples: int | None, image_size: int | None,
+             process_shard: tuple[int, int] | None) -> tuple[tf.data.Dataset | None, int]:
+  """(a dataset of (image, label source) pairs in stored order, its number of examples).
+
+  The number comes from the prepared split sizes, without reading; the dataset is None when it
+  is 0 (a process share of a role with fewer examples than processes).
+  """
+  split = task.split(role)
+  if max_examples is not None and max_examples < 1:
+    raise ValueError(f'max_examples must be >= 1 or None, got {max_examples}.')
+  if image_size is not None and image_size < 1:
+    raise ValueError(f'image_size must be >= 1 or None, got {image_size}.')
+  tfds_builder = builder(task, data_dir=data_dir)
+  _check_split_sizes(task, role, tfds_builder.info)
+  features = tfds_builder.info.features
+  for key in (task.image_key, task.label_key):
+    if key not in features:
+      raise ValueError(f'Task {task.name!r}: {tfds_builder.info.full_name} has no feature '
+                       f'{key!r}; it has {sorted(features.keys())}.')
+  image_shape = tuple(features[task.image_key].shape)
+  if image_size is None and None in image_shape[:2]:
+    raise ValueError(f'Task {task.name!r}: images of {tfds_builder.info.full_name} vary in size '
+                     f'({image_shape}); pass image_size= to resize them to one size.')
+
+  total = sum(size for _, _, size in _absolute_parts(split, tfds_builder.info.splits))
+  if max_examples is not None:
+    total = min(total, max_examples)
+  if process_shard is not None:
+    from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
+    index, count = process_shard
+    start, stop = parallel.process_range(total, index, count)
+    total = stop - start
+    max_examples = None  # Already applied to the range.
+    split = shard_split(split, tfds_builder.info.splits, start, stop)
+    if not split:  # More processes than examples.
+      return None, 0
+  ds = tfds_builder.as_dataset(
+      split=split, shuffle_files=False,
+      # One file at a time, in order: the stored order is the order returned.
+      read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False))
+  if max_examples is not None:
+    ds = ds.take(max_examples)
+
+  image_transform = (None if task.image_transform is None
+                     else tasks_lib.IMAGE_TRANSFORMS.lookup(task.image_transform))
+
+  @tf.autograph.experimental.do_not_convert  # Only static Python branches: nothing to convert.
+  def select(example):
+    image = example[task.image_key]
+    if image_transform is not None:
+      image = image_transform(image)  # Before resizing, e.g. {0, 1} masks -> {0, 255}.
+    image = _to_rgb(image)
+    if image_size is not None:
+      image = _resize(image, image_size)
+    return image, example[task.label_key]
+
+  return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), total
+
+
+def _labels(task: tasks_lib.Task, raw_labels) -> np.ndarray:
+  """int32 labels from what the dataset stores, checked against the task's classes."""
+  if task.label_transform is None:
+    labels = np.asarray(raw_labels, np.int64)
+  else:
+    transform = tasks_lib.LABEL_TRANSFORMS.lookup(task.label_transform)
+    labels = np.array([transform(value) for value in raw_labels], np.int64)
+  if labels.size and (labels.min() < 0 or labels.max() >= task.num_classes):
+    raise ValueError(f'Task {task.name!r}: labels span [{labels.min()}, {labels.max()}], outside '
+                     f'[0, {task.num_classes}).')
+  return labels.astype(np.int32)
+
+
 def load(task: str | tasks_lib.Task, role: str, *, data_dir: str | None = None,
          max_examples: int | None = None, image_size: int | None = None,
          process_shard: tuple[int, int] | None = None) -> Examples:
-  """Reads one role of a task into memory.
+  """Reads one role of a task into memory (`Stream` reads it batch by batch instead).
 
   Args:
     task: a task name (see `ckpt_rank.data.tasks.names()`) or Task.
@@ -165,66 +238,72 @@ def load(task: str | tasks_lib.Task, role: str, *, data_dir: str | None = None,
     FileNotFoundError: the dataset is not prepared and cannot be built locally.
   """
   task = _as_task(task)
-  split = task.split(role)
-  if max_examples is not None and max_examples < 1:
-    raise ValueError(f'max_examples must be >= 1 or None, got {max_examples}.')
-  if image_size is not None and image_size < 1:
-    raise ValueError(f'image_size must be >= 1 or None, got {image_size}.')
-  tfds_builder = builder(task, data_dir=data_dir)
-  _check_split_sizes(task, role, tfds_builder.info)
-  features = tfds_builder.info.features
-  for key in (task.image_key, task.label_key):
-    if key not in features:
-      raise ValueError(f'Task {task.name!r}: {tfds_builder.info.full_name} has no feature '
-                       f'{key!r}; it has {sorted(features.keys())}.')
-  image_shape = tuple(features[task.image_key].shape)
-  if image_size is None and None in image_shape[:2]:
-    raise ValueError(f'Task {task.name!r}: images of {tfds_builder.info.full_name} vary in size '
-                     f'({image_shape}); pass image_size= to resize them to one size.')
-
-  if process_shard is not None:
-    from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
-    index, count = process_shard
-    total = sum(size for _, _, size in _absolute_parts(split, tfds_builder.info.splits))
-    if max_examples is not None:
-      total = min(total, max_examples)
-    start, stop = parallel.process_range(total, index, count)
-    max_examples = None  # Already applied to the range.
-    split = shard_split(split, tfds_builder.info.splits, start, stop)
-    if not split:  # More processes than examples.
-      return Examples(images=np.zeros((0, image_size or 0, image_size or 0, 3), np.uint8),
-                      labels=np.zeros((0,), np.int32))
-  ds = tfds_builder.as_dataset(
-      split=split, shuffle_files=False,
-      # One file at a time, in order: the stored order is the order returned.
-      read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False))
-  if max_examples is not None:
-    ds = ds.take(max_examples)
-
-  image_transform = (None if task.image_transform is None
-                     else tasks_lib.IMAGE_TRANSFORMS.lookup(task.image_transform))
-
-  @tf.autograph.experimental.do_not_convert  # Only static Python branches: nothing to convert.
-  def select(example):
-    image = example[task.image_key]
-    if image_transform is not None:
-      image = image_transform(image)  # Before resizing, e.g. {0, 1} masks -> {0, 255}.
-    image = _to_rgb(image)
-    if image_size is not None:
-      image = _resize(image, image_size)
-    return image, example[task.label_key]
-
-  ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds, _ = _dataset(task, role, data_dir=data_dir, max_examples=max_examples,
+                   image_size=image_size, process_shard=process_shard)
+  if ds is None:
+    return Examples(images=np.zeros((0, image_size or 0, image_size or 0, 3), np.uint8),
+                    labels=np.zeros((0,), np.int32))
   images, raw_labels = _collect(ds, batched=task.label_transform is None)
-  if task.label_transform is None:
-    labels = np.asarray(raw_labels, np.int64)
-  else:
-    transform = tasks_lib.LABEL_TRANSFORMS.lookup(task.label_transform)
-    labels = np.array([transform(value) for value in raw_labels], np.int64)
-  if labels.size and (labels.min() < 0 or labels.max() >= task.num_classes):
-    raise ValueError(f'Task {task.name!r}: labels span [{labels.min()}, {labels.max()}], outside '
-                     f'[0, {task.num_classes}).')
-  return Examples(images=np.ascontiguousarray(images, np.uint8), labels=labels.astype(np.int32))
+  return Examples(images=np.ascontiguousarray(images, np.uint8), labels=_labels(task, raw_labels))
+
+
+class Stream:
+  """One role of a task, read from TFDS batch by batch, never whole.
+
+  Each iteration is a new pass through the data in stored order, yielding `Examples` of
+  `batch_size` examples (the last may be smaller) equal to the matching rows of `load` with the
+  same arguments; only about one batch is held at a time (plus tf.data's prefetch). For roles too
+  large for memory (full VTAB training splits, SUN397), and for `features.extract_stream`, which
+  runs a checkpoint over a stream and writes its outputs to disk as they come.
+
+  Attributes:
+    task: the Task.
+    role: the role.
+    batch_size: examples per batch.
+    num_examples: how many examples a pass yields, from the prepared split sizes (no reading).
+  """
+
+  def __init__(self, task: str | tasks_lib.Task, role: str, *, batch_size: int,
+               data_dir: str | None = None, max_examples: int | None = None,
+               image_size: int | None = None, process_shard: tuple[int, int] | None = None):
+    """See `load` for the arguments; `batch_size` >= 1 is the examples per batch."""
+    if batch_size < 1:
+      raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
+    self.task = _as_task(task)
+    self.role = role
+    self.batch_size = int(batch_size)
+    self._ds, self.num_examples = _dataset(self.task, role, data_dir=data_dir,
+                                           max_examples=max_examples, image_size=image_size,
+                                           process_shard=process_shard)
+
+  def __iter__(self) -> Iterator[Examples]:
+    if self._ds is None:
+      return
+    if self.task.label_transform is None:
+      batches = tfds.as_numpy(self._ds.batch(self.batch_size).prefetch(1))
+    else:  # Derived labels come from nested, variable-length features: grouped here.
+      batches = _group(tfds.as_numpy(self._ds), self.batch_size)
+    count = 0
+    for images, raw_labels in batches:
+      count += len(images)
+      yield Examples(images=np.ascontiguousarray(images, np.uint8),
+                     labels=_labels(self.task, raw_labels))
+    if count != self.num_examples:
+      raise ValueError(f'Task {self.task.name!r} role {self.role!r}: read {count} examples, but '
+                       f'the split sizes promise {self.num_examples}.')
+
+
+def _group(pairs, size: int):
+  """(image, source) pairs -> (stacked images, list of sources) of `size` pairs at a time."""
+  images, sources = [], []
+  for image, source in pairs:
+    images.append(image)
+    sources.append(source)
+    if len(images) == size:
+      yield np.stack(images), sources
+      images, sources = [], []
+  if images:
+    yield np.stack(images), sources
 
 
 def _collect(ds: tf.data.Dataset, *, batched: bool) -> tuple[np.ndarray, list | np.ndarray]:
@@ -254,15 +333,9 @@ def _empty_images(ds: tf.data.Dataset) -> np.ndarray:
 
 def iterate(task: str | tasks_lib.Task, role: str, *, batch_size: int,
             data_dir: str | None = None, image_size: int | None = None,
-            max_examples: int | None = None) -> Iterator[Examples]:
-  """Yields `load`'s examples in batches of `batch_size` (the last one may be smaller).
-
-  Reads the whole role through `load` first: fine for the task sizes used here (VTAB-1k and the
-  offline tasks); a streaming reader would be needed for full-size VTAB training splits.
-  """
-  if batch_size < 1:
-    raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
-  examples = load(task, role, data_dir=data_dir, image_size=image_size, max_examples=max_examples)
-  for start in range(0, len(examples.labels), batch_size):
-    yield Examples(examples.images[start:start + batch_size],
-                   examples.labels[start:start + batch_size])
+            max_examples: int | None = None,
+            process_shard: tuple[int, int] | None = None) -> Iterator[Examples]:
+  """One pass of `Stream(...)`: the role in batches of `batch_size`, read as they are needed."""
+  return iter(Stream(task, role, batch_size=batch_size, data_dir=data_dir,
+                     image_size=image_size, max_examples=max_examples,
+                     process_shard=process_shard))

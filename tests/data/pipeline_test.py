@@ -130,6 +130,28 @@ class LoadTest(absltest.TestCase):
         sizes = [len(s.labels) for s in shares]
         self.assertLessEqual(max(sizes) - min(sizes), 1)
 
+  def test_stream_equals_load_batch_by_batch(self):
+    # Derived labels: examples grouped into batches in Python (builders_test.test_iterate_* reads
+    # plain labels, batched by tf.data).
+    task = fake_task(splits={'train': 'train[5:17]+validation[2:9]', 'val': 'train[15:]',
+                             'trainval': 'train', 'test': 'validation'})
+    for shard, max_examples in ((None, None), ((1, 2), None), ((2, 3), 14)):
+      kwargs = dict(data_dir=self.data_dir, image_size=4, max_examples=max_examples,
+                    process_shard=shard)
+      whole = data.load(task, 'train', **kwargs)
+      stream = data.Stream(task, 'train', batch_size=4, **kwargs)
+      self.assertEqual(stream.num_examples, len(whole.labels))
+      for _ in range(2):  # Every iteration is a new pass.
+        batches = list(stream)
+        self.assertEqual([len(b.labels) for b in batches[:-1]], [4] * (len(batches) - 1))
+        np.testing.assert_array_equal(np.concatenate([b.images for b in batches]), whole.images)
+        np.testing.assert_array_equal(np.concatenate([b.labels for b in batches]), whole.labels)
+    empty = data.Stream(task, 'val', batch_size=4, data_dir=self.data_dir, image_size=4,
+                        process_shard=(7, 8))  # 5 examples, 8 processes.
+    self.assertEqual((empty.num_examples, list(empty)), (0, []))
+    with self.assertRaisesRegex(ValueError, 'batch_size must be >= 1'):
+      data.Stream(task, 'val', batch_size=0, data_dir=self.data_dir, image_size=4)
+
   def test_shard_split_strings(self):
     infos = tfds.builder('fake_clevr:1.0.0', data_dir=self.data_dir).info.splits
     self.assertEqual(data.shard_split('train[5:17]+validation[2:9]', infos, 10, 15),
