@@ -5,6 +5,8 @@ r"""Scaling of ckpt_rank: time and memory against N, and time against the device
   # Feature extraction (data parallel) and pooled NLEEP (pool split across devices) against the
   # device count; on a CPU host the devices are XLA's forced host devices sharing its cores:
   .venv/bin/python benchmarks/scale_bench.py --mode=devices --devices=1,2,4,8
+  # Feature extraction into the cache against N: images in memory against a stream:
+  .venv/bin/python benchmarks/scale_bench.py --mode=extract --ns=4000,16000,64000
 
 `--mode=n` prints, per N: the chunk `measures.chunk_size_for_budget` picks, the compiled kernel's
 temporary memory (XLA's own `memory_analysis`, the peak working set of the program) with and
@@ -16,6 +18,16 @@ D=64, PCA to 16 dims, V=50 full-covariance components, a fixed number of EM iter
 images/s of EfficientNet-Lite0 at 64 px through `features.extract(mesh=...)`, and the wall time
 of NLEEP over a pool of 8 feature sets split across the devices (`nleep_batch(mesh=...)`),
 both after compilation, and how far the results are from the 1-device run's.
+
+`--mode=extract` runs itself once per N and way, so each peak memory is its own: N synthetic
+64 px images through EfficientNet-Lite0 into a feature cache, either held in memory
+(`features.extract`) or streamed in batches of 256 (`features.extract_stream`, which scans the
+stream once for the cache key, then reads it again through the network, writing the features to
+disk as they come). It prints the wall time (scan included) and the growth of peak resident memory
+over the process's peak after loading and compiling the network, and checks that both ways give
+the same features. Outputs are pre-logits and logits (Lite0 has its ImageNet head). Resident
+memory counts the pages of memory-mapped files while they are mapped (the streamed outputs while
+they are written and checksummed), though the kernel can drop those without swapping.
 """
 
 import argparse
@@ -137,9 +149,75 @@ def bench_devices(device_counts, num_images, repeats):
           f'{row["peak_rss_mb"]:>13.0f}')
 
 
+class _SyntheticStream:
+  """N random 64 px images in batches of 256, the same ones on every pass (seeded per batch)."""
+
+  def __init__(self, num):
+    self.num_examples = num
+
+  def __iter__(self):
+    for start in range(0, self.num_examples, 256):
+      count = min(256, self.num_examples - start)
+      yield np.random.default_rng(start).integers(0, 256, (count, 64, 64, 3), dtype=np.uint8)
+
+
+def _extract_row(num, way):
+  """Runs in a child process: one N, one way ('memory' or 'stream'); returns a dict."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import features  # pylint: disable=g-import-not-at-top
+  checkpoint = checkpoints.load('efficientnet_lite0', input_size=64)
+  features.extract(checkpoint, next(iter(_SyntheticStream(64))), batch_size=64)  # Compiles.
+  base = _peak_rss_mb()
+  with tempfile.TemporaryDirectory() as root:
+    cache = features.FeatureCache(root)
+    start = time.perf_counter()
+    if way == 'memory':
+      images = np.empty((num, 64, 64, 3), np.uint8)  # Filled in place: no second copy.
+      row = 0
+      for chunk in _SyntheticStream(num):
+        images[row:row + len(chunk)] = chunk
+        row += len(chunk)
+      out = features.extract(checkpoint, images, cache=cache, batch_size=64, task_name='bench')
+    else:
+      out = features.extract_stream(checkpoint, _SyntheticStream(num), cache=cache,
+                                    batch_size=64, task_name='bench')
+    seconds = time.perf_counter() - start
+    cache_mb = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root)
+                   for f in files) / 2**20
+  return {'n': num, 'way': way, 'seconds': seconds, 'base_rss_mb': base,
+          'growth_mb': _peak_rss_mb() - base, 'cache_mb': cache_mb,
+          'checksum': float(np.abs(out.pre_logits).astype(np.float64).sum()),
+          'images_mb': num * 64 * 64 * 3 / 2**20,
+          'outputs_mb': (out.pre_logits.nbytes + out.logits.nbytes) / 2**20}
+
+
+def bench_extract(ns):
+  print('EfficientNet-Lite0 at 64 px, batch 64, into a feature cache; growth = peak RSS minus '
+        'the peak after loading and compiling')
+  print(f'{"N":>7} {"images MiB":>10} {"outputs MiB":>11} {"way":>7} {"s":>7} {"img/s":>6} '
+        f'{"growth MiB":>10} {"same":>5}')
+  for num in ns:
+    rows = {}
+    for way in ('memory', 'stream'):
+      process = subprocess.run(
+          [sys.executable, os.path.abspath(__file__), '--mode=_extract_row', f'--ns={num}',
+           f'--way={way}'], capture_output=True, text=True, check=False)
+      if process.returncode:
+        raise RuntimeError(process.stderr[-3000:])
+      rows[way] = json.loads(process.stdout.strip().splitlines()[-1])
+    same = abs(rows['memory']['checksum'] - rows['stream']['checksum']) == 0
+    for way, row in rows.items():
+      print(f'{num:>7} {row["images_mb"]:>10.0f} {row["outputs_mb"]:>11.0f} {way:>7} '
+            f'{row["seconds"]:>7.1f} {num / row["seconds"]:>6.0f} {row["growth_mb"]:>10.0f} '
+            f'{str(same):>5}', flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--mode', choices=('n', 'devices', '_device_row'), default='n')
+  parser.add_argument('--mode', choices=('n', 'devices', 'extract', '_device_row',
+                                         '_extract_row'), default='n')
+  parser.add_argument('--way', choices=('memory', 'stream'), default='stream')
   parser.add_argument('--ns', default='10000,30000,100000')
   parser.add_argument('--budget_mb', type=float, default=256)
   parser.add_argument('--max_iters', type=int, default=10)
@@ -151,6 +229,10 @@ def main():
     bench_n([int(n) for n in args.ns.split(',')], args.budget_mb, args.max_iters, args.repeats)
   elif args.mode == 'devices':
     bench_devices([int(d) for d in args.devices.split(',')], args.num_images, args.repeats)
+  elif args.mode == 'extract':
+    bench_extract([int(n) for n in args.ns.split(',')])
+  elif args.mode == '_extract_row':
+    print(json.dumps(_extract_row(int(args.ns), args.way)))
   else:
     print(json.dumps(_device_row(int(args.devices), args.num_images, args.repeats)))
 

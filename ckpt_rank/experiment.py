@@ -343,17 +343,86 @@ def score_checkpoints(measure: measures_lib.Measure, labels: np.ndarray, *,
     measure = measures_lib.get(measure.spec)
     measure = dataclasses.replace(measure, kwargs={**measure.kwargs, 'block_size': block})
     details['block_size'] = block
+  devices = list(parallel.lapack_safe_mesh(parallel.global_mesh()).devices.flat)
+  if len(devices) > 1 and len(scorable) > 1:
+    results.update(_score_split(measure, labels, list(scorable), features, logits, seeds,
+                                devices, details))
+    return results
   for name in scorable:
     start = time.perf_counter()
-    kwargs = dict(features=features[name], source_logits=logits[name])
-    if measure.uses_key:
-      per_seed = [float(measure.score(labels, key=jax.random.key(s), **kwargs)) for s in seeds]
-    else:
-      per_seed = [float(measure.score(labels, **kwargs))]
+    per_seed = [float(v) for v in _score_one(measure, labels, features[name], logits[name],
+                                              seeds)]
     results[name] = {'mean': float(np.mean(per_seed)), 'std': float(np.std(per_seed)),
                      'per_seed': per_seed, 'seeds': list(seeds),
                      'wall_seconds': time.perf_counter() - start, 'details': dict(details)}
   return results
+
+
+def _score_one(measure: measures_lib.Measure, labels: np.ndarray, features: np.ndarray,
+               logits: Optional[np.ndarray], seeds: Sequence[int]) -> list[jax.Array]:
+  """One checkpoint's score per seed (one score for a measure without a key), not yet fetched."""
+  kwargs = dict(features=features, source_logits=logits)
+  if measure.uses_key:
+    return [measure.score(labels, key=jax.random.key(s), **kwargs) for s in seeds]
+  return [measure.score(labels, **kwargs)]
+
+
+def _score_split(measure: measures_lib.Measure, labels: np.ndarray, names: Sequence[str],
+                 features: Mapping[str, np.ndarray], logits: Mapping[str, Optional[np.ndarray]],
+                 seeds: Sequence[int], devices: Sequence[Any],
+                 details: Mapping[str, Any]) -> dict[str, dict]:
+  """`score_checkpoints`' loop with the pool split across `devices` (of every process).
+
+  Checkpoint j is scored on device j mod len(devices), by the process that owns it, with the
+  measure's own checks on its concrete inputs; each process dispatches all of its members before
+  fetching any, so that a host's accelerators run together. The scores are then gathered, so
+  every process returns every checkpoint's entry. A failure on any process fails every process
+  (the failing one with its own error), never leaving the others waiting in the gather.
+  """
+  me = jax.process_index()
+  owner = {name: devices[j % len(devices)] for j, name in enumerate(names)}
+  num_values = max(len(seeds), 1) if measure.uses_key else 1
+  # Row j: the per-seed scores, the wall-time share, and 1 where it was computed without error.
+  rows = np.zeros((len(names), num_values + 2), np.float64)
+  start = time.perf_counter()
+  pending, failure = {}, None
+  try:
+    for name in names:
+      if owner[name].process_index == me:
+        with jax.default_device(owner[name]):
+          pending[name] = _score_one(measure, labels, features[name], logits[name], seeds)
+    for j, name in enumerate(names):
+      if name in pending:
+        rows[j, :num_values] = [float(v) for v in pending[name]]
+        rows[j, -1] = 1
+    share = (time.perf_counter() - start) / max(len(pending), 1)
+    rows[[j for j, n in enumerate(names) if n in pending], -2] = share
+  except Exception as e:  # pylint: disable=broad-except
+    failure = e
+  if jax.process_count() > 1:
+    rows = _owned_rows(parallel.allgather_rows(rows), names, owner)
+  if failure is not None:
+    raise failure
+  failed = sorted({owner[n].process_index for j, n in enumerate(names) if not rows[j, -1]})
+  if failed:
+    raise ValueError(f'{measure.spec} failed on processes {failed} (see their logs).')
+  results = {}
+  for j, name in enumerate(names):
+    per_seed = [float(v) for v in rows[j, :num_values]]
+    results[name] = {
+        'mean': float(np.mean(per_seed)), 'std': float(np.std(per_seed)), 'per_seed': per_seed,
+        'seeds': list(seeds), 'wall_seconds': float(rows[j, -2]),
+        'details': {**details, 'device': str(owner[name]),
+                    'wall_seconds_is_share_of_batch_with': [
+                        n for n in names if owner[n].process_index == owner[name].process_index]}}
+  return results
+
+
+def _owned_rows(gathered: np.ndarray, names: Sequence[str],
+                owner: Mapping[str, Any]) -> np.ndarray:
+  """From every process's [M, ...] rows stacked in process order, row j of j's owner."""
+  per_process = gathered.reshape((jax.process_count(), len(names)) + gathered.shape[1:])
+  return np.stack([per_process[owner[name].process_index, j] for j, name in enumerate(names)])
 
 
 # ----------------------------------------------------------------------------------------------

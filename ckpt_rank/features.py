@@ -953,9 +953,9 @@ def extract_stream(checkpoint: Checkpoint, stream, *, num_examples: Optional[int
       if processes > 1:
         first = parallel.process_range(scanned.num_examples, index, processes)[0]
       _check_outputs_finite(checkpoint, local, wanted, first_row=first)
-      for array in local.values():
-        array.flush()
-      del local
+      for name in wanted:
+        local[name].flush()
+      del local  # Unmapped: no page of it counts as this process's memory any more.
     except Exception as e:  # pylint: disable=broad-except
       failure = e
     failed = _all_ok(failure is None) if processes > 1 else ([0] if failure else [])

@@ -19,6 +19,10 @@ skipped cell with the reason. Their protocol also records the backend and `finet
 redone. Last,
 ``DIR/ground_truth.json`` gathers the table {task: {checkpoint: {accuracy, learning_rate, steps,
 ...}}} with the command and config that produced it.
+
+Several processes (`ckpt_rank.parallel`, as `main` starts them): the cells still to compute are
+dealt out in rounds, process p fine-tuning the round's p-th cell on its own devices; each round's
+cells are gathered and process 0 writes them, so a crash loses at most the round in progress.
 """
 
 import dataclasses
@@ -37,6 +41,7 @@ import numpy as np
 
 from ckpt_rank import features as features_lib
 from ckpt_rank import finetune
+from ckpt_rank import parallel
 from ckpt_rank import pool as pool_lib
 
 FORMAT_VERSION = 1
@@ -207,6 +212,53 @@ def _finetune_tfhub(checkpoint, examples, config, task: str, name: str,
           'versions': {**versions(), **finetune_tf.versions()}}
 
 
+def _check_same_cells(todo, pool, tasks) -> None:
+  """Every process must split the same cells (the collectives of `run` pair them up)."""
+  if jax.process_count() == 1:
+    return
+  needed = {(task, name) for task, name, _, _ in todo}
+  mask = np.array([(task, name) in needed for task in tasks for name, _ in pool], np.int32)
+  if not np.array_equal(parallel.broadcast(mask), mask):
+    raise ValueError(f'This process (index {jax.process_index()}) sees other ground-truth cells '
+                     'in the workdir than process 0; the workdir must be one directory every '
+                     'process sees.')
+
+
+def _compute_cell(config, task: str, name: str, spec: str, protocol: dict[str, Any], examples,
+                  base: finetune.Settings) -> dict[str, Any]:
+  """Fine-tunes checkpoint `name` on `task` (its train and eval `examples`): the cell's JSON."""
+  from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import data  # pylint: disable=g-import-not-at-top
+  ft = config.fine_tune
+  (train_images, train_labels), (eval_images, eval_labels) = examples
+  cell_start = time.perf_counter()
+  checkpoint = _load(config, name, spec)
+  if isinstance(checkpoint, checkpoints.TFHubCheckpoint):
+    cell = _finetune_tfhub(checkpoint, examples, config, task, name, protocol, base)
+    cell['wall_seconds'] = time.perf_counter() - cell_start
+    return cell
+  if not hasattr(checkpoint, 'arch'):
+    reason = f'{type(checkpoint).__name__} is not a Flax checkpoint; not fine-tunable here.'
+    return {'protocol': protocol, 'task': task, 'checkpoint': name, 'status': 'skipped',
+            'reason': reason}
+  logging.info('Fine-tuning %s on %s: %d train / %d eval images, lrs %s x steps %s.',
+               name, task, len(train_labels), len(eval_labels), list(ft.learning_rates),
+               list(ft.step_budgets))
+  best, runs = finetune.sweep(
+      checkpoint, train_images, train_labels, eval_images, eval_labels,
+      learning_rates=ft.learning_rates, step_budgets=ft.step_budgets, base=base,
+      num_classes=data.tasks.get(task).num_classes)
+  cell = {'protocol': protocol, 'task': task, 'checkpoint': name, 'status': 'done',
+          'fingerprint': checkpoint.fingerprint, 'best': best.to_json(),
+          'runs': [r.to_json() for r in runs], 'num_train': int(len(train_labels)),
+          'num_eval': int(len(eval_labels)),
+          'wall_seconds': time.perf_counter() - cell_start, 'versions': versions()}
+  logging.info('%s on %s: best accuracy %.4f (lr %g, %d steps) in %.0f s.', name, task,
+               best.accuracy, best.settings.learning_rate, best.settings.steps,
+               cell['wall_seconds'])
+  return cell
+
+
 def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """Computes (or finds) every ground-truth cell of `config` and writes the table.
 
@@ -218,20 +270,18 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dic
   Returns:
     The contents written to ``workdir/ground_truth.json``.
   """
-  from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top
   from ckpt_rank import data  # pylint: disable=g-import-not-at-top
   check_config(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   data_dir = config.data_dir or None
   start = time.perf_counter()
   pool = pool_lib.build_pool(config.pool, workdir, data_dir=data_dir)
-  ft = config.fine_tune
-  base = _settings_base(ft)
-  table = {}
+  base = _settings_base(config.fine_tune)
   computed = 0
+  table = {task: {} for task in config.tasks}
+  # Cells still to compute, in task order; the processes of a multi-host run split them.
+  todo = []
   for task in config.tasks:
-    table[task] = {}
-    examples = None
     for name, spec in pool:
       path = cell_path(workdir, task, name)
       protocol = _protocol(config, task, spec)
@@ -248,42 +298,41 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dic
         _write_json(path, cell)
         table[task][name] = _summary(cell)
         continue
-      if examples is None:  # Read once per task, only when some cell needs it.
-        examples = (
-            data.load(task, config.train_role, data_dir=data_dir,
-                      max_examples=config.max_train_examples, image_size=config.image_size),
-            data.load(task, config.eval_role, data_dir=data_dir,
-                      max_examples=config.max_eval_examples, image_size=config.image_size))
-      (train_images, train_labels), (eval_images, eval_labels) = examples
-      cell_start = time.perf_counter()
-      checkpoint = _load(config, name, spec)
-      if isinstance(checkpoint, checkpoints.TFHubCheckpoint):
-        cell = _finetune_tfhub(checkpoint, examples, config, task, name, protocol, base)
-        cell['wall_seconds'] = time.perf_counter() - cell_start
-      elif not hasattr(checkpoint, 'arch'):
-        reason = f'{type(checkpoint).__name__} is not a Flax checkpoint; not fine-tunable here.'
-        cell = {'protocol': protocol, 'task': task, 'checkpoint': name, 'status': 'skipped',
-                'reason': reason}
-      else:
-        logging.info('Fine-tuning %s on %s: %d train / %d eval images, lrs %s x steps %s.',
-                     name, task, len(train_labels), len(eval_labels), list(ft.learning_rates),
-                     list(ft.step_budgets))
-        best, runs = finetune.sweep(
-            checkpoint, train_images, train_labels, eval_images, eval_labels,
-            learning_rates=ft.learning_rates, step_budgets=ft.step_budgets, base=base,
-            num_classes=data.tasks.get(task).num_classes)
-        cell = {'protocol': protocol, 'task': task, 'checkpoint': name, 'status': 'done',
-                'fingerprint': checkpoint.fingerprint, 'best': best.to_json(),
-                'runs': [r.to_json() for r in runs], 'num_train': int(len(train_labels)),
-                'num_eval': int(len(eval_labels)),
-                'wall_seconds': time.perf_counter() - cell_start, 'versions': versions()}
-        logging.info('%s on %s: best accuracy %.4f (lr %g, %d steps) in %.0f s.', name, task,
-                     best.accuracy, best.settings.learning_rate, best.settings.steps,
-                     cell['wall_seconds'])
+      todo.append((task, name, spec, protocol))
+  _check_same_cells(todo, pool, config.tasks)
+  examples = {}  # The task of this process's current cell: its train and eval examples.
+  processes, me = jax.process_count(), jax.process_index()
+  for first in range(0, len(todo), processes):
+    # Round: process p computes cell first + p; every process gets every cell of the round.
+    group = todo[first:first + processes]
+    mine = group[me] if me < len(group) else None
+    text = b''
+    if mine is not None:
+      task = mine[0]
+      try:
+        if task not in examples:
+          examples = {task: (  # Read once per task, only when one of its cells needs it.
+              data.load(task, config.train_role, data_dir=data_dir,
+                        max_examples=config.max_train_examples, image_size=config.image_size),
+              data.load(task, config.eval_role, data_dir=data_dir,
+                        max_examples=config.max_eval_examples, image_size=config.image_size))}
+        text = json.dumps(_compute_cell(config, *mine, examples[task], base),
+                          allow_nan=True).encode()
+      except Exception as e:  # pylint: disable=broad-except
+        if processes == 1:
+          raise
+        text = json.dumps({'error': f'{type(e).__name__}: {e}'}).encode()
+        logging.exception('Fine-tuning %s on %s failed.', mine[1], task)
+    cells = [json.loads(t) for t in parallel.allgather_bytes(text)[:len(group)]]
+    failed = [(g[1], g[0], c['error']) for g, c in zip(group, cells) if 'error' in c]
+    if failed:
+      raise RuntimeError(f'Fine-tuning failed (checkpoint, task, error): {failed}')
+    for (task, name, _, _), cell in zip(group, cells):
       computed += 1
-      _write_json(path, cell)
+      _write_json(cell_path(workdir, task, name), cell)
       table[task][name] = _summary(cell)
-      del checkpoint
+  table = {task: {name: table[task][name] for name, _ in pool if name in table[task]}
+           for task in config.tasks}
   result = {'format_version': FORMAT_VERSION,
             'command': list(command) if command is not None else list(sys.argv),
             'config': json.loads(config.to_json()), 'pool': [list(e) for e in pool],
@@ -316,12 +365,20 @@ def _define_flags():
   workdir = flags.DEFINE_string('workdir', None,
                                 'Output directory; a rerun with it resumes from its files.')
   flags.mark_flags_as_required(['config', 'workdir'])
-  return config, workdir
+  # Several hosts, as `ckpt_rank.main` takes them (see `parallel.initialize`).
+  distributed = (
+      flags.DEFINE_string('coordinator_address', None,
+                          'Multi-host runs: HOST:PORT of process 0 (jax.distributed).'),
+      flags.DEFINE_integer('num_processes', None, 'Multi-host runs: process count.'),
+      flags.DEFINE_integer('process_id', None, 'Multi-host runs: this process, 0..P-1.'),
+      flags.DEFINE_bool('distributed', False, 'Multi-host runs on a cluster JAX detects itself '
+                        '(TPU pod, SLURM): jax.distributed.initialize() without arguments.'))
+  return config, workdir, distributed
 
 
 # Defined when the binary starts (`app_main`), not on import: `ckpt_rank.main` imports this
 # module as a library and defines flags of the same names.
-_CONFIG = _WORKDIR = None
+_CONFIG = _WORKDIR = _DISTRIBUTED = None
 
 
 def argv_all() -> list[str]:
@@ -331,6 +388,8 @@ def argv_all() -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}.')
+  coordinator, num_processes, process_id, auto = _DISTRIBUTED
+  parallel.initialize(coordinator.value, num_processes.value, process_id.value, auto=auto.value)
   result = run(_CONFIG.value, _WORKDIR.value,
                command=['python', '-m', 'ckpt_rank.finetune'] + list(argv_all()[1:]))
   if jax.process_index() == 0:
@@ -338,8 +397,8 @@ def main(argv):
 
 
 def app_main():
-  global _CONFIG, _WORKDIR
-  _CONFIG, _WORKDIR = _define_flags()
+  global _CONFIG, _WORKDIR, _DISTRIBUTED
+  _CONFIG, _WORKDIR, _DISTRIBUTED = _define_flags()
   app.run(main)
 
 

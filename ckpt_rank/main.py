@@ -13,8 +13,10 @@ host, with the same workdir on a filesystem they all see, and either
 
 (or $CKPT_RANK_COORDINATOR, $CKPT_RANK_NUM_PROCESSES, $CKPT_RANK_PROCESS_ID), or, where JAX
 detects the cluster itself (Cloud TPU pods, SLURM, Open MPI), --distributed. Each host extracts
-features from its own share of every task on its local devices; measures run on every host,
-NLEEP's pool split across all devices; process 0 alone writes files and prints.
+features from its own share of every task on its local devices; the measures split the pool of
+checkpoints across all devices (NLEEP in one vmapped call); fine-tuning in the run deals its cells
+out to the hosts; process 0 alone writes results and prints. `python -m ckpt_rank.finetune` takes
+the same flags.
 """
 
 import os

@@ -197,6 +197,16 @@ def allgather_rows(local: np.ndarray, num_total: Optional[int] = None) -> np.nda
   return result
 
 
+def allgather_bytes(local: bytes) -> list[bytes]:
+  """Every process's `local` bytes (any lengths), in process order; one process: [local]."""
+  if jax.process_count() == 1:
+    return [bytes(local)]
+  lengths = allgather_rows(np.array([len(local)], np.int64))
+  joined = allgather_rows(np.frombuffer(bytes(local), np.uint8)).tobytes()
+  offsets = np.concatenate([[0], np.cumsum(lengths)])
+  return [joined[int(a):int(b)] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
 def broadcast(value):
   """Process 0's `value` (a pytree of arrays or scalars) on every process."""
   if jax.process_count() == 1:
@@ -289,6 +299,6 @@ def pool_map(fn: Callable[..., Any], stacked, *shared, mesh: Optional[jax.shardi
   return to_host(mapped(placed, *shared), size)
 
 
-__all__ = ['DATA_AXIS', 'POOL_AXIS', 'allgather_rows', 'broadcast', 'global_mesh', 'initialize',
+__all__ = ['DATA_AXIS', 'POOL_AXIS', 'allgather_bytes', 'allgather_rows', 'broadcast', 'global_mesh', 'initialize',
            'is_writer', 'lapack_safe_mesh', 'local_mesh', 'pool_map', 'process_range',
            'replicate', 'shard_leading', 'to_host']

@@ -143,6 +143,33 @@ def _scores(results):
   return {(s.measure, s.checkpoint): list(s.per_seed) for s in results.scores}
 
 
+def _fake_sweep(workdir, checkpoint, train_images, train_labels, eval_images, eval_labels, *,
+                learning_rates, step_budgets, base, num_classes):
+  """Stands in for `finetune.sweep` (tested in finetune_test): an accuracy from the data it was
+  given and the checkpoint, and a file naming the process that ran it."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import finetune  # pylint: disable=g-import-not-at-top
+  del train_images, eval_images, num_classes
+  with open(os.path.join(workdir, f'sweep-{checkpoint.name}-{jax.process_index()}'), 'w'):
+    pass
+  accuracy = (float(np.mean(train_labels)) / 10 + float(np.mean(eval_labels)) / 100 +
+              (0.5 if checkpoint.name == 'net_b' else 0.0))
+  settings = dataclasses.replace(base, learning_rate=learning_rates[0], steps=step_budgets[0])
+  best = finetune.Result(settings, accuracy, (), 0.0, 0.0)
+  return best, [best]
+
+
+def _ground_truth(workdir, name):
+  """`finetune_main.run` of the experiment's config in workdir/name, with `_fake_sweep`."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from unittest import mock  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import finetune  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import finetune_main  # pylint: disable=g-import-not-at-top
+  with mock.patch.object(finetune, 'sweep', functools.partial(_fake_sweep, workdir)):
+    return finetune_main.run(_experiment_config(workdir), os.path.join(workdir, name))
+
+
 def _worker_devices(out_path):
   """8 CPU devices: data-parallel extraction and pool-sharded measures against one device."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -216,6 +243,8 @@ def _worker_process(port, process_id, workdir):
   results = experiment.run(_experiment_config(workdir, stream_images=True),
                            os.path.join(workdir, 'two'))
   result['scores'] = [[m, c, v] for (m, c), v in sorted(_scores(results).items())]
+  # Ground truth: the two cells dealt out, one to each process.
+  result['ground_truth'] = _ground_truth(workdir, 'gt_two')['table']
   with open(os.path.join(workdir, f'process{process_id}.json'), 'w') as f:
     json.dump(result, f)
   jax.distributed.shutdown()
@@ -306,7 +335,7 @@ class EightDevicesTest(_WorkdirTest):
     self.assert_measures_agree(out['measures'])
 
 
-@pytest.mark.slow(seconds=90)
+@pytest.mark.slow(seconds=100)
 class TwoProcessesTest(_WorkdirTest):
 
   def test_two_processes_equal_one(self):
@@ -368,6 +397,28 @@ class TwoProcessesTest(_WorkdirTest):
     self.assertEqual({f.num_examples for f in two_results.features}, {61})
     # Only process 0 wrote: one set of stage files, in the shared workdir.
     self.assertTrue(os.path.exists(os.path.join(self.workdir, 'two', 'report.md')))
+    # Ground truth on two processes: each fine-tuned one cell, process 0 wrote both, and one
+    # process gets the same table (and a rerun in the two-process workdir computes nothing).
+    self.assertEqual(sorted(n for n in os.listdir(self.workdir) if n.startswith('sweep-')),
+                     ['sweep-net_a-0', 'sweep-net_b-1'])
+    def untimed(table):
+      return {task: {name: {k: v for k, v in entry.items() if k != 'wall_seconds'}
+                     for name, entry in row.items()} for task, row in table.items()}
+
+    gt_one = untimed(_ground_truth(self.workdir, 'gt_one')['table'])
+    for out in outs:
+      self.assertEqual(untimed(out['ground_truth']), gt_one)
+    self.assertEqual(sorted(gt_one['sklearn_digits']), ['net_a', 'net_b'])
+    rerun = _ground_truth(self.workdir, 'gt_two')
+    self.assertEqual(rerun['cells_computed_this_run'], 0)
+    self.assertEqual(untimed(rerun['table']), gt_one)
+    # The other measures split the pool: net_a scored on process 0's device, net_b on process 1's.
+    devices = []
+    for name in ('net_a', 'net_b'):
+      with open(os.path.join(self.workdir, 'two', 'measures', 'sklearn_digits', name,
+                             'logme.json')) as f:
+        devices.append(json.load(f)['score']['details']['device'])
+    self.assertNotEqual(devices[0], devices[1])
     # The budget chunked NLEEP's EM, with the same chunk on one process and on two.
     for run in ('one', 'two'):
       (path,) = glob.glob(os.path.join(self.workdir, run, 'measures', 'sklearn_digits', 'net_a',
