@@ -4,8 +4,8 @@
 #   bash benchmarks/gpu_check.sh 2>&1 | tee gpu_check.txt
 # Prints: the device; NLEEP against scikit-learn (nleep_bench); every other measure against its
 # NumPy / scikit-learn reference (measures_bench, N=5000 D=2048 C=100); NLEEP time and memory
-# against N with a memory budget, and extraction / pooled NLEEP against the device count
-# (scale_bench; the count is the GPUs present).
+# against N with a memory budget, extraction / pooled NLEEP against the device count (the count
+# is the GPUs present), and extraction's memory against N, in memory and streamed (scale_bench).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
@@ -28,3 +28,5 @@ for n in $(seq 1 "$GPUS"); do
       --devices="$n" --num_images=1024 --repeats=2 2>/dev/null | tail -1
 done
 echo "device counts checked: $COUNTS"
+echo '== feature extraction into the cache against N: images in memory vs streamed'
+$PY benchmarks/scale_bench.py --mode=extract --ns=16000,64000 2>&1 | grep -v -i warn

@@ -142,30 +142,13 @@ class NleepTest(parameterized.TestCase):
       np.testing.assert_allclose(batch.score[0, s], single.score, atol=1e-5)
       np.testing.assert_array_equal(batch.key[0, s], jax.random.key_data(keys[s]))
 
-  def test_checkpoint_batch_with_different_pca_dims_equals_loop(self):
-    # Three feature sets whose PCA keeps different numbers of dims: padded and masked.
-    stack = np.stack([graded_problem(sep, seed=s)[0] * scale
-                      for s, (sep, scale) in enumerate(((0.5, 1.0), (3.0, 10.0), (8.0, 0.1)))])
-    labels = graded_problem(0.0)[1]
-    batch = measures.nleep_batch(stack, labels, keys=jax.random.key(1))
-    loop = [measures.nleep_fit(f, labels, key=jax.random.key(1)) for f in stack]
-    self.assertGreater(len({int(r.pca_dim) for r in loop}), 1)
-    np.testing.assert_array_equal(batch.pca_dim[:, 0], [int(r.pca_dim) for r in loop])
-    np.testing.assert_allclose(batch.score[:, 0], [float(r.score) for r in loop], atol=1e-4)
-    np.testing.assert_allclose(batch.log_likelihood[:, 0], [float(r.log_likelihood) for r in loop],
-                               rtol=1e-4, atol=1e-3)
-    # One kernel for all three (a bound given): the narrower ones padded to the widest and masked.
-    widest = max(int(r.pca_dim) for r in loop)
-    padded = measures.nleep_batch(stack, labels, keys=jax.random.key(1), max_pca_dim=widest)
-    np.testing.assert_array_equal(padded.pca_dim[:, 0], [int(r.pca_dim) for r in loop])
-    np.testing.assert_allclose(padded.score[:, 0], [float(r.score) for r in loop], atol=1e-4)
-
   def test_pca_dim_groups(self):
     groups = [_nleep._pca_dim_group(d) for d in (1, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129)]
     self.assertEqual(groups, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5])
 
-  def test_grouped_batch_keeps_the_order_of_the_feature_sets(self):
-    # Interleaved low- and high-dimensional feature sets: two groups, results in input order.
+  def test_batch_with_different_pca_dims_equals_loop_in_input_order(self):
+    # Interleaved low- and high-dimensional feature sets: two groups of PCA widths, each one
+    # kernel padded to its widest and masked, the results put back in input order.
     rng = np.random.default_rng(0)
     labels = np.arange(150) % 3
     low = np.eye(3)[labels] @ rng.normal(size=(3, 40)) + 0.05 * rng.normal(size=(150, 40))
@@ -177,7 +160,16 @@ class NleepTest(parameterized.TestCase):
     self.assertNotEqual(_nleep._pca_dim_group(dims[0]), _nleep._pca_dim_group(dims[1]))
     np.testing.assert_array_equal(batch.pca_dim[:, 0], dims)
     np.testing.assert_allclose(batch.score[:, 0], [float(r.score) for r in loop], atol=1e-4)
+    # The noise set fits 15 components of about 10 points each in 25 dims: near-singular
+    # covariances (held by reg_covar), a log-likelihood of +55 nats that the padded kernel's
+    # float32 rounding moves by 1e-3 relative. Its score agrees to 1e-4.
+    np.testing.assert_allclose(batch.log_likelihood[:, 0], [float(r.log_likelihood) for r in loop],
+                               rtol=2e-3, atol=1e-3)
     np.testing.assert_array_equal(batch.num_iters[:, 0], [int(r.num_iters) for r in loop])
+    # One kernel for all three (a bound given): the narrower ones padded to the widest and masked.
+    padded = measures.nleep_batch(stack, labels, keys=jax.random.key(2), max_pca_dim=max(dims))
+    np.testing.assert_array_equal(padded.pca_dim[:, 0], dims)
+    np.testing.assert_allclose(padded.score[:, 0], [float(r.score) for r in loop], atol=1e-4)
 
   @parameterized.parameters(5, 16, 17, 40, 100)
   def test_lower_triangular_inverse(self, d):
