@@ -243,27 +243,13 @@ def _ground_truth_message(task: str, name: str, entry: Mapping[str, Any],
 # Measures.
 # ----------------------------------------------------------------------------------------------
 
-def _nleep_options(measure: measures_lib.Measure, num_examples: int, dim: int,
-                   num_classes: int, num_members: int, num_seeds: int,
-                   memory_budget: int) -> dict[str, Any]:
-  """`nleep_batch`'s scale options: the pool mesh, and EM chunks that fit `memory_budget`."""
+def _nleep_options(measure: measures_lib.Measure, memory_budget: int) -> dict[str, Any]:
+  """`nleep_batch`'s scale options: the pool mesh, and the memory budget of each kernel."""
   options = {}
-  per_device = num_members
   if jax.device_count() > 1:
     options['mesh'] = parallel.global_mesh()
-    # The members are split across the devices nleep_batch uses; each runs all seeds at once.
-    per_device = -(-num_members // parallel.lapack_safe_mesh(options['mesh']).size)
-  if memory_budget and 'chunk_size' not in measure.kwargs:
-    kwargs = measure.kwargs
-    components, _ = measures_lib.num_mixture_components(
-        num_classes, num_examples, components_per_class=kwargs.get('components_per_class', 5),
-        component_rule=kwargs.get('component_rule', 'per_class'))
-    chunk = measures_lib.chunk_size_for_budget(
-        num_examples, min(num_examples, dim, kwargs.get('max_pca_dim') or dim), components,
-        memory_budget, covariance_type=kwargs.get('covariance_type', 'full'),
-        batch=per_device * num_seeds)
-    if chunk < num_examples:  # Else the unchunked kernel fits: its numerics are kept.
-      options['chunk_size'] = chunk
+  if memory_budget and not {'chunk_size', 'memory_budget'} & set(measure.kwargs):
+    options['memory_budget'] = memory_budget
   return options
 
 
@@ -277,9 +263,8 @@ def _nleep_group(measure: measures_lib.Measure, labels: np.ndarray,
   """
   names = list(features)
   key_data = np.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
-  num_examples, dim = next(iter(features.values())).shape
-  options = _nleep_options(measure, num_examples, dim, int(np.max(labels)) + 1, len(names),
-                           len(seeds), memory_budget)
+  num_examples = len(labels)
+  options = _nleep_options(measure, memory_budget)
   start = time.perf_counter()
   fit = measures_lib.nleep_batch(np.stack([features[n] for n in names]), labels, keys=key_data,
                                  **measure.kwargs, **options)
@@ -296,7 +281,9 @@ def _nleep_group(measure: measures_lib.Measure, labels: np.ndarray,
                     'num_iters': fit.num_iters[i], 'converged': fit.converged[i],
                     'num_regularized': fit.num_regularized[i],
                     'wall_seconds_is_share_of_batch_with': names,
-                    **({'chunk_size': options['chunk_size']} if 'chunk_size' in options else {})}}
+                    # The EM's chunk where a budget made it run in chunks.
+                    **({'chunk_size': int(fit.chunk_size[i, 0])}
+                       if fit.chunk_size[i, 0] < num_examples else {})}}
   return results
 
 

@@ -56,6 +56,7 @@ class NLEEPResult(NamedTuple):
     requested_components: V asked for by the rule before the cap.
     num_regularized: component factorisations that needed the fallback ridge (see module doc).
     key: the PRNG key data the mixture was initialised with.
+    chunk_size: examples per chunk of the EM (N when it ran unchunked); see `nleep_batch`.
   """
   score: jax.Array
   log_likelihood: jax.Array
@@ -66,6 +67,7 @@ class NLEEPResult(NamedTuple):
   requested_components: jax.Array
   num_regularized: jax.Array
   key: jax.Array
+  chunk_size: jax.Array
 
 
 def num_mixture_components(num_classes: int, num_examples: int, *, components_per_class: int = 5,
@@ -658,9 +660,11 @@ def _nleep_single(features, labels, key, axes, pca_dim, *, num_classes, num_comp
         max_iters=max_iters, tol=tol, reg_covar=reg_covar, kmeans_iters=kmeans_iters)
     score, ll = _leep_chunked(points, labels, mixture, active.sum(), covariance_type,
                               num_classes, chunk)
+  num = features.shape[0]
   return NLEEPResult(score, ll, iters, converged, pca_dim, jnp.asarray(num_components, jnp.int32),
                      jnp.asarray(requested_components, jnp.int32), num_reg,
-                     jax.random.key_data(key))
+                     jax.random.key_data(key),
+                     jnp.asarray(num if chunk_size is None else min(chunk_size, num), jnp.int32))
 
 
 _STATIC = ('num_classes', 'num_components', 'requested_components', 'covariance_type',
@@ -782,7 +786,8 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
                 components_per_class: int = 5, component_rule: str = 'per_class',
                 covariance_type: str = 'full', max_iters: int = 100, tol: float = 1e-3,
                 reg_covar: float = 1e-6, kmeans_iters: int = 100,
-                chunk_size: Optional[int] = None, mesh=None) -> NLEEPResult:
+                chunk_size: Optional[int] = None, memory_budget: Optional[int] = None,
+                mesh=None) -> NLEEPResult:
   """NLEEP for several checkpoints' features and several seeds in one vmapped call.
 
   Args:
@@ -813,6 +818,10 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
       once. An int computes k-means, EM and LEEP over chunks of this many examples, so that the
       working memory no longer grows with N V: about `chunk_size_for_budget`'s formula (pick the
       chunk with it). Equal to the unchunked result up to float rounding; a chunk above N is N.
+    memory_budget: bytes that one kernel's working memory may take, instead of `chunk_size`:
+      each kernel (a group of PCA widths, on one device) runs unchunked where that fits, else in
+      the largest chunk that fits (`chunk_size_for_budget` with the kernel's own width, the fits
+      it runs at once and the features' float size). The result records the chunk.
     mesh: a 1-D `jax.sharding.Mesh` (`ckpt_rank.parallel.global_mesh()`, every device of every
       process): the M feature sets are split across its devices (padded to a multiple of the
       device count with copies of the first, whose results are dropped), for the PCA and for
@@ -826,6 +835,11 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
   """
   _check_options(covariance_type, pca_energy, max_iters, tol, reg_covar, components_per_class,
                  chunk_size)
+  if memory_budget is not None:
+    if chunk_size is not None:
+      raise ValueError('nleep_batch: give chunk_size or memory_budget, not both.')
+    if isinstance(memory_budget, bool) or not memory_budget > 0:
+      raise ValueError(f'memory_budget must be a positive number of bytes, got {memory_budget!r}.')
   if keys is None:
     keys = jax.random.key(0)
   keys = _as_keys(keys)
@@ -870,15 +884,23 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
   labels = jnp.asarray(labels, jnp.int32)
 
   def kernel(feats, kernel_axes, dims):
+    options = static
+    if memory_budget is not None:  # The chunk that fits this kernel's fits on one device.
+      per_device = -(-feats.shape[0] // (1 if mesh is None else mesh.size))
+      chunk = chunk_size_for_budget(
+          n, kernel_axes.shape[-1], num_components, int(memory_budget),
+          covariance_type=covariance_type, batch=per_device * keys.shape[0],
+          dtype_bytes=features.dtype.itemsize)
+      options = dict(static, chunk_size=None if chunk >= n else chunk)
     if mesh is None:
-      return _nleep_batch_kernel(feats, labels, keys, kernel_axes, dims, **static)
+      return _nleep_batch_kernel(feats, labels, keys, kernel_axes, dims, **options)
     from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
     (feats, kernel_axes, dims), size = parallel.shard_leading(
         tuple(np.asarray(a) for a in (feats, kernel_axes, dims)), mesh)
     shared_labels, key_data = parallel.replicate(
         (np.asarray(labels), np.asarray(jax.random.key_data(keys))), mesh)
     out = _nleep_batch_kernel(feats, shared_labels, jax.random.wrap_key_data(key_data),
-                              kernel_axes, dims, **static)
+                              kernel_axes, dims, **options)
     return jax.tree.map(jnp.asarray, parallel.to_host(out, size))
 
   if max_pca_dim is None and _validation.is_concrete(pca_dims):
@@ -932,7 +954,8 @@ def nleep(features, labels, *, key=None, num_classes: Optional[int] = None,
           components_per_class: int = 5, component_rule: str = 'per_class',
           covariance_type: str = 'full', max_iters: int = 100, tol: float = 1e-3,
           reg_covar: float = 1e-6, kmeans_iters: int = 100,
-          chunk_size: Optional[int] = None) -> jax.Array:
+          chunk_size: Optional[int] = None,
+          memory_budget: Optional[int] = None) -> jax.Array:
   """Neural LEEP (Li et al. 2021): LEEP with a Gaussian mixture as the "source classifier".
 
   1. PCA of the centred features, keeping the fewest components whose cumulative explained
@@ -947,7 +970,7 @@ def nleep(features, labels, *, key=None, num_classes: Optional[int] = None,
     key: PRNG key of the mixture initialisation (default `jax.random.key(0)`, a fixed seed).
     num_classes: C; inferred from concrete labels, required under jit/vmap.
     pca_energy, max_pca_dim, components_per_class, component_rule, covariance_type, max_iters,
-      tol, reg_covar, kmeans_iters, chunk_size: see `nleep_batch`.
+      tol, reg_covar, kmeans_iters, chunk_size, memory_budget: see `nleep_batch`.
 
   Returns:
     The NLEEP score, a scalar. Use `nleep_fit` for the V, PCA dimension, iterations and seed
@@ -960,4 +983,5 @@ def nleep(features, labels, *, key=None, num_classes: Optional[int] = None,
       features, labels, key=key, num_classes=num_classes, pca_energy=pca_energy,
       max_pca_dim=max_pca_dim, components_per_class=components_per_class,
       component_rule=component_rule, covariance_type=covariance_type, max_iters=max_iters,
-      tol=tol, reg_covar=reg_covar, kmeans_iters=kmeans_iters, chunk_size=chunk_size).score
+      tol=tol, reg_covar=reg_covar, kmeans_iters=kmeans_iters, chunk_size=chunk_size,
+      memory_budget=memory_budget).score

@@ -133,11 +133,23 @@ class ChunkedNleepTest(parameterized.TestCase):
     features, labels = overlapping_classes(0, 1.0)
     with mock.patch.object(_nleep, 'nleep_batch', wraps=_nleep.nleep_batch) as batch, \
          mock.patch.object(_nleep, '_nleep_batch_kernel') as kernel:
-      kernel.return_value = _nleep.NLEEPResult(*[np.zeros((1, 1))] * 9)
+      kernel.return_value = _nleep.NLEEPResult(*[np.zeros((1, 1))] * 10)
       measures.nleep(features, labels, chunk_size=64)
     self.assertEqual(batch.call_args.kwargs['chunk_size'], 64)
     self.assertEqual(kernel.call_args.kwargs['chunk_size'], 64)
     self.assertEqual(measures.get('nleep(chunk_size=64)').kwargs, {'chunk_size': 64})
+    # A budget instead: the kernel gets the chunk for its own PCA width and its one fit.
+    budget = 1_000_000
+    with mock.patch.object(_nleep, '_nleep_batch_kernel') as kernel:
+      kernel.return_value = _nleep.NLEEPResult(*[np.zeros((1, 1))] * 10)
+      measures.nleep(features, labels, memory_budget=budget)
+    width = kernel.call_args.args[3].shape[-1]
+    components, _ = measures.num_mixture_components(int(labels.max()) + 1, len(labels))
+    expected = measures.chunk_size_for_budget(len(labels), width, components, budget)
+    self.assertLess(expected, len(labels))
+    self.assertEqual(kernel.call_args.kwargs['chunk_size'], expected)
+    with self.assertRaisesRegex(ValueError, 'chunk_size or memory_budget, not both'):
+      measures.nleep(features, labels, chunk_size=64, memory_budget=budget)
 
   @parameterized.parameters(0, -8, 2.5, True)
   def test_bad_chunk_size(self, chunk_size):
