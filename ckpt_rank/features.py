@@ -703,15 +703,9 @@ def extract_sharded(checkpoint: Checkpoint, local_images, *, local_labels=None,
   if cache is not None:
     key = _cache_key(checkpoint, task_name, split, f'{subset},processes={jax.process_count()}',
                      combined)
-  hit = bool(parallel.broadcast(np.array(
-      cache is not None and parallel.is_writer() and cache.get(key, required=wanted) is not None)))
-  if hit:
-    arrays = cache.get(key, required=wanted)
-    if arrays is None:
-      raise ValueError(f'Process {jax.process_index()} cannot read the feature cache entry '
-                       f'{cache.path(key)} that process 0 read: the workdir must be on a '
-                       'filesystem every process sees.')
-  else:
+  arrays = _read_shared(cache, key, wanted)
+  hit = arrays is not None
+  if not hit:
     local = _run(checkpoint, _chunks_of(images, batch_size), images.shape[0], wanted,
                  batch_size=batch_size, progress=progress, mesh=mesh)
     arrays = {name: parallel.allgather_rows(local[name], num_examples) for name in wanted}
@@ -722,6 +716,25 @@ def extract_sharded(checkpoint: Checkpoint, local_images, *, local_labels=None,
   if local_labels is not None:
     labels = parallel.allgather_rows(np.asarray(local_labels), num_examples)
   return _features(arrays, wanted, labels, hit, start_time, num_examples)
+
+
+def _read_shared(cache: Optional[FeatureCache], key: Optional[CacheKey],
+                 wanted: Sequence[str]) -> Optional[dict[str, np.ndarray]]:
+  """The arrays of `key` on every process if process 0 finds them in `cache`, else None on every
+  process (process 0 decides, so that all take the same path through later collectives)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
+  if cache is None:
+    return None
+  arrays = cache.get(key, required=wanted) if parallel.is_writer() else None
+  if jax.process_count() > 1 and bool(parallel.broadcast(np.array(arrays is not None))):
+    if arrays is None:
+      arrays = cache.get(key, required=wanted)
+    if arrays is None:
+      raise ValueError(f'Process {jax.process_index()} cannot read the feature cache entry '
+                       f'{cache.path(key)} that process 0 read: the workdir must be on a '
+                       'filesystem every process sees.')
+  return arrays
 
 
 def _combined_hash(local_hash: str) -> str:
@@ -907,15 +920,8 @@ def extract_stream(checkpoint: Checkpoint, stream, *, num_examples: Optional[int
     key = _cache_key(checkpoint, task_name, split,
                      subset if processes == 1 else f'{subset},processes={processes}',
                      scanned.images_hash)
-    hit = cache.get(key, required=wanted) is not None if parallel.is_writer() else False
-    if processes > 1:
-      hit = bool(parallel.broadcast(np.array(hit)))
-    if hit:
-      arrays = cache.get(key, required=wanted)
-      if arrays is None:
-        raise ValueError(f'Process {jax.process_index()} cannot read the feature cache entry '
-                         f'{cache.path(key)} that process 0 read: the workdir must be on a '
-                         'filesystem every process sees.')
+    arrays = _read_shared(cache, key, wanted)
+    if arrays is not None:
       logging.info('Feature cache hit: %s on %s/%s (%d images) from %s.', checkpoint.name,
                    key.task, key.split, scanned.num_examples, cache.path(key))
       return _features(arrays, wanted, scanned.labels, True, start_time, scanned.num_examples)

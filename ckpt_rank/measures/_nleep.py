@@ -138,27 +138,37 @@ def _sq_distances(points, centres):
   return jnp.maximum(dist, 0)
 
 
+def _kmeans_plus_plus_start(key: jax.Array, points: jax.Array, num_centres: int):
+  """k-means++'s start: (candidates per centre, the key of the later draws, the first centre)."""
+  first_key, key = jax.random.split(key)
+  first = points[jax.random.randint(first_key, (), 0, points.shape[0])]
+  return 2 + int(math.log(num_centres)), key, first
+
+
+def _kmeans_plus_plus_candidates(key: jax.Array, i, closest: jax.Array,
+                                 num_trials: int) -> jax.Array:
+  """[T] indices of centre i's candidates, drawn with probability proportional to `closest`,
+  each point's squared distance to its nearest centre (uniformly if all points coincide with
+  centres already chosen)."""
+  n = closest.shape[0]
+  total = closest.sum()
+  probs = jnp.where(total > 0, closest / jnp.where(total > 0, total, 1), 1.0 / n)
+  return jax.random.choice(jax.random.fold_in(key, i), n, (num_trials,), p=probs)
+
+
 def kmeans_plus_plus(key: jax.Array, points: jax.Array, num_centres: int) -> jax.Array:
   """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007), 2 + log(K) trials per centre.
 
   Returns:
     [K, d] initial centres.
   """
-  n = points.shape[0]
-  num_trials = 2 + int(math.log(num_centres))
-  first_key, key = jax.random.split(key)
-  first = points[jax.random.randint(first_key, (), 0, n)]
+  num_trials, key, first = _kmeans_plus_plus_start(key, points, num_centres)
   closest = _sq_distances(points, first[None])[:, 0]
   centres = jnp.zeros((num_centres, points.shape[1]), points.dtype).at[0].set(first)
 
   def add_centre(i, carry):
     centres, closest = carry
-    trial_key = jax.random.fold_in(key, i)
-    total = closest.sum()
-    # Sample candidates with probability proportional to the squared distance (uniformly if all
-    # points coincide with centres already chosen).
-    probs = jnp.where(total > 0, closest / jnp.where(total > 0, total, 1), 1.0 / n)
-    candidates = jax.random.choice(trial_key, n, (num_trials,), p=probs)
+    candidates = _kmeans_plus_plus_candidates(key, i, closest, num_trials)
     cand_dist = _sq_distances(points, points[candidates])  # [N, T]
     new_closest = jnp.minimum(closest[:, None], cand_dist)
     best = jnp.argmin(new_closest.sum(0))
@@ -436,19 +446,14 @@ def _chunk_map(fn, out: jax.Array, chunk: int) -> jax.Array:
 def _kmeans_plus_plus_chunked(key, points, num_centres, chunk):
   """`kmeans_plus_plus` with its [N, T] candidate distances taken c rows at a time."""
   n = points.shape[0]
-  num_trials = 2 + int(math.log(num_centres))
-  first_key, key = jax.random.split(key)
-  first = points[jax.random.randint(first_key, (), 0, n)]
+  num_trials, key, first = _kmeans_plus_plus_start(key, points, num_centres)
   closest = _chunk_map(lambda b: _sq_distances(_chunk_rows(points, b, chunk), first[None])[:, 0],
                        jnp.zeros(n, points.dtype), chunk)
   centres = jnp.zeros((num_centres, points.shape[1]), points.dtype).at[0].set(first)
 
   def add_centre(i, carry):
     centres, closest = carry
-    trial_key = jax.random.fold_in(key, i)
-    total = closest.sum()
-    probs = jnp.where(total > 0, closest / jnp.where(total > 0, total, 1), 1.0 / n)
-    candidates = points[jax.random.choice(trial_key, n, (num_trials,), p=probs)]  # [T, d]
+    candidates = points[_kmeans_plus_plus_candidates(key, i, closest, num_trials)]  # [T, d]
 
     def candidate_distances(b):  # [c, T]
       return jnp.minimum(_chunk_rows(closest, b, chunk)[:, None],
