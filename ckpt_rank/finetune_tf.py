@@ -52,6 +52,7 @@ import dataclasses
 import inspect
 import re
 import time
+import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -73,12 +74,19 @@ class NotFineTunable(ValueError):
   """A TF-Hub checkpoint that this module cannot fine-tune faithfully; str() is the reason."""
 
 
+def onednn_enabled() -> bool:
+  """Whether this process's TensorFlow runs its oneDNN kernels (see `ckpt_rank/__init__.py`)."""
+  tfhub._import_tf()  # pylint: disable=protected-access
+  from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+  return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def versions() -> dict[str, str]:
-  """Versions of the TensorFlow side of the numbers."""
+  """Versions of the TensorFlow side of the numbers, and whether oneDNN computed them."""
   tf = tfhub._import_tf()  # pylint: disable=protected-access
   import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
   out = {'tensorflow': tf.__version__, 'tensorflow_hub': hub.__version__,
-         'finetune_tf': str(VERSION)}
+         'finetune_tf': str(VERSION), 'tensorflow_onednn': str(onednn_enabled())}
   try:
     import tf_keras  # pylint: disable=g-import-not-at-top
     out['tf_keras'] = tf_keras.__version__
@@ -130,6 +138,12 @@ class Network:
       raise ValueError(f'num_classes must be an integer >= 2, got {num_classes!r}.')
     tf = tfhub._import_tf()  # pylint: disable=protected-access
     import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+    if onednn_enabled():
+      warnings.warn(
+          'TensorFlow runs its oneDNN kernels (TF_ENABLE_ONEDNN_OPTS is on, or TensorFlow was '
+          'imported before ckpt_rank): their weight gradient of strided 1x1 convolutions with '
+          'few input channels corrupts memory on x86 CPUs, and the process may abort. Import '
+          'ckpt_rank first or set TF_ENABLE_ONEDNN_OPTS=0.', RuntimeWarning, stacklevel=2)
     self._tf = tf
     self.name = checkpoint.name
     self.num_classes = int(num_classes)
