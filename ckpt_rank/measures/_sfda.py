@@ -1,13 +1,18 @@
 """SFDA (Shao et al. 2022): a regularised Fisher discriminant, a self-challenge, and a refit.
 
 1. Regularised Fisher discriminant. Class priors q_c = n_c / n, class means mu_c, within-class
-   scatter S_w = sum_c q_c Cov_c (population covariances), total scatter S_t = Cov(F). Shrinkage
-   lambda = exp(-5 sigma) with sigma the largest eigenvalue of S_w estimated by three rounds of
-   power iteration (two products each) from S_w 1, as the paper's code does. Both scatters shrink
-   towards their mean eigenvalue: S' = (1 - lambda) S + lambda tr(S) / D I. The projection U solves
-   the symmetric generalised eigenproblem S_b U = S_w' U Theta with S_b = S_t' - S_w', normalised
-   U^T S_w' U = I, and a sample's class scores are the Gaussian discriminants in that space,
-   x^T U U^T mu_c - 1/2 mu_c^T U U^T mu_c + log q_c, turned into p(c | x) by a softmax.
+   scatter S_w = sum_c q_c Cov_c (population covariances), total scatter S_t = Cov(F). Both
+   scatters shrink towards their mean eigenvalue: S' = (1 - lambda) S + lambda tr(S) / D I, with
+   lambda = max(exp(-5 sigma), 1e-10) and sigma the largest eigenvalue of S_w estimated by three
+   rounds of power iteration (two products each) from S_w 1, as the paper's code does. The
+   floor 1e-10 is the paper's code's too. Without it a leading eigenvalue of 9 would give
+   lambda = exp(-45) = 3e-20, and S_w' would be as ill-conditioned as S_w: a direction with a tiny
+   within-class variance that happens to follow the labels (a near-constant feature) would
+   dominate the discriminant. The floor adds at least 1e-10 of the mean eigenvalue to every
+   direction. The projection U solves the symmetric generalised eigenproblem S_b U = S_w' U Theta
+   with S_b = S_t' - S_w', normalised U^T S_w' U = I, and a sample's class scores are the
+   Gaussian discriminants in that space, x^T U U^T mu_c - 1/2 mu_c^T U U^T mu_c + log q_c, turned
+   into p(c | x) by a softmax.
 2. ConfMix, the self-challenge. p is softened once more, p <- softmax(p), and every sample moves
    towards the other classes by its own uncertainty, x_i <- p_i x_i + (1 - p_i) nu_{y_i}, with p_i
    its softened probability of the true class and nu_c = sum_{c' != c} mu_c' / (C - 1) the mean of
@@ -43,9 +48,11 @@ import numpy as np
 
 from ckpt_rank.measures import _validation
 
-# Power-iteration rounds for the largest eigenvalue of S_w, and the shrinkage rate (paper's code).
+# Power-iteration rounds for the largest eigenvalue of S_w, the shrinkage rate, and the floor of
+# the adaptive shrinkage (all three from the paper's code).
 _POWER_ROUNDS = 3
 _SHRINKAGE_RATE = 5.0
+_MIN_SHRINKAGE = 1e-10
 # Fallback ridge, relative to the mean eigenvalue, when S_w' is numerically singular.
 _FALLBACK_RIDGE = 1e-8
 
@@ -104,7 +111,8 @@ def _sfda_kernel(features, labels, shrinkage, *, num_classes, adaptive):
   log_priors = jnp.log(counts / n)  # -inf for an absent class: its probability is 0.
   means, within = _class_statistics(x, onehot, labels)
   if adaptive:
-    shrinkage = jnp.exp(-_SHRINKAGE_RATE * largest_eigenvalue_estimate(within))
+    shrinkage = jnp.maximum(jnp.exp(-_SHRINKAGE_RATE * largest_eigenvalue_estimate(within)),
+                            _MIN_SHRINKAGE)
   probs = _posteriors(x, means, within, log_priors, shrinkage)
   # ConfMix on a new array (the caller's features are untouched), towards the mean of the other
   # present classes' means. Absent classes (num_classes above those present) stay out of the
@@ -132,8 +140,10 @@ def sfda(features, labels, *, shrinkage: Optional[float] = None,
     features: [N, D] pooled pre-logit features.
     labels: [N] target labels in [0, C); every present class needs >= 2 examples.
     shrinkage: the regularisation strength lambda in [0, 1]; None (default) chooses it as the
-      paper does, exp(-5 * largest eigenvalue of the within-class scatter). The same lambda
-      serves both fits.
+      paper's code does, max(exp(-5 * largest eigenvalue of the within-class scatter), 1e-10);
+      the floor keeps every direction of the shrunk scatter at >= 1e-10 of its mean eigenvalue
+      when exp(-5 sigma) is smaller (see the module docstring). The same lambda serves both
+      fits. A given value is used as is, without the floor.
     num_classes: C; inferred from concrete labels, required under jit/vmap. Classes without
       examples get probability 0.
 

@@ -34,7 +34,7 @@ def fisher_posteriors(x, labels, shrinkage):
   means = np.stack([x[labels == c].mean(0) for c in classes])
   within = sum(p * np.cov(x[labels == c].T, bias=True) for p, c in zip(priors, classes))
   if shrinkage is None:
-    shrinkage = np.exp(-5 * power_iteration(within))
+    shrinkage = max(np.exp(-5 * power_iteration(within)), 1e-10)  # The authors' floor.
   within_s = shrunk(within, shrinkage)
   between = shrunk(np.cov(x.T, bias=True), shrinkage) - within_s
   _, vecs = linalg.eigh(between, within_s)
@@ -82,6 +82,30 @@ class SfdaTest(parameterized.TestCase):
       ref = sfda_numpy(features, labels, shrinkage)
       self.assertBetween(ref, 0.2, 0.99)  # Not a trivial value.
       np.testing.assert_allclose(ours, ref, rtol=1e-5)
+
+  def test_adaptive_shrinkage_floor(self):
+    # S_w's largest eigenvalue is about 9 (column 0), so exp(-5 * 9) = 3e-20 is below the floor
+    # 1e-10, and the last column (within-class variance 1e-10, class means 1e-5 apart) is the one
+    # the floor regularises: without it that column separates the classes far better.
+    n = 1000
+    labels = np.arange(n) % 4
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((n, 16))
+    features[:, 0] *= 3
+    features[:, -1] = 1e-5 * (rng.standard_normal(n) + labels)
+    x = features - features.mean(0)
+    within = sum(np.cov(x[labels == c].T, bias=True) for c in range(4)) / 4
+    unfloored = np.exp(-5 * power_iteration(within))
+    self.assertLess(unfloored, 1e-19)
+    ref = sfda_numpy(features, labels)
+    self.assertGreater(sfda_numpy(features, labels, unfloored), ref + 0.03)  # 0.306 vs 0.262.
+    for shrinkage, ref in ((None, ref), (1e-12, sfda_numpy(features, labels, 1e-12))):
+      # An explicit shrinkage is used as given, below the floor too. Both sides run in float64;
+      # a solve with the shrunk scatter (condition number kappa: 4e10 at 1e-10, 1e11 at 1e-12)
+      # can be off by kappa * eps64 relative, and the float32 return adds 2^-24.
+      kappa = np.linalg.cond(shrunk(within, 1e-10 if shrinkage is None else shrinkage))
+      np.testing.assert_allclose(float(_sfda.sfda(features, labels, shrinkage=shrinkage)), ref,
+                                 rtol=kappa * np.finfo(np.float64).eps + 2.0**-24)
 
   def test_confmix_mixes_towards_the_other_classes(self):
     # Trap: mixing towards the sample's own class mean makes the refit easier, not harder.
