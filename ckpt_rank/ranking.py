@@ -18,7 +18,8 @@ Rules for ties and degenerate input (the same in every function):
 * Correlations of a constant vector (scores or accuracies) are undefined: the function returns
   `float('nan')` and warns with `UndefinedCorrelationWarning` saying which input was constant.
   Other ties are handled as the references do: average ranks for Spearman, tau-b for Kendall,
-  and exactly `scipy.stats.weightedtau`'s defaults for the weighted tau.
+  and exactly as `scipy.stats.weightedtau` for the weighted tau (its defaults in `evaluate`; the
+  one-sided variants some papers report are options of `weighted_tau`).
 """
 
 import warnings
@@ -279,8 +280,11 @@ def _hyperbolic_lexicographic_weights(primary: np.ndarray, secondary: np.ndarray
   return 1.0 / (1.0 + ranks)
 
 
-def weighted_tau(scores, accuracies) -> float:
-  """Vigna's additive hyperbolic weighted tau, exactly `scipy.stats.weightedtau(s, a)`'s default.
+WEIGHTED_TAU_VARIANTS = ('both', 'accuracies', 'scores')
+
+
+def weighted_tau(scores, accuracies, *, weigh_by: str = 'both') -> float:
+  """Vigna's additive hyperbolic weighted tau, as `scipy.stats.weightedtau` computes it.
 
   Each element gets the hyperbolic weight 1 / (r + 1) of its rank r (0 = most important) and a
   pair (i, j) weighs w_i + w_j (additive weighing). With those pair weights the index is a tau-b:
@@ -288,32 +292,52 @@ def weighted_tau(scores, accuracies) -> float:
     tau_w = sum_{i<j} w_ij sgn(s_i - s_j) sgn(a_i - a_j)
             / sqrt(sum_{i<j, s_i != s_j} w_ij) / sqrt(sum_{i<j, a_i != a_j} w_ij).
 
-  With scipy's default `rank=True` the rank is the decreasing lexicographic rank by (s, a) and,
-  separately, by (a, s); the result is the mean of the two indices (so it is symmetric in its
-  arguments). Each index is clipped to [-1, 1] as scipy does. Computed directly over all pairs in
-  O(M^2) time, fine for M up to a few thousand.
+  The rank r that sets the weights is a decreasing lexicographic rank, and `weigh_by` says by
+  what (each index is clipped to [-1, 1] as scipy does):
+
+  * 'both' (default): the mean of the index ranked by (s, a) and the index ranked by (a, s), so
+    the result is symmetric in its arguments. This is `scipy.stats.weightedtau(s, a)` with its
+    default `rank=True`, the weighted tau of the SFDA paper's tables (Shao et al., ECCV 2022:
+    their evaluation code calls `weightedtau(score, accuracy)`).
+  * 'accuracies': ranked by (a, s) only, so the weight of a pair is set by how good the
+    checkpoints really are: a misordered pair among the most accurate checkpoints costs most.
+    This is `scipy.stats.weightedtau(a, s, rank=None)`, the weighted tau of Model Spider's
+    tables (Zhang et al., NeurIPS 2023: their evaluation code calls
+    `weightedtau(accuracy, score, rank=None)`). It differs from 'both' whenever the top of the
+    score ranking and the top of the accuracy ranking differ.
+  * 'scores': ranked by (s, a) only, `scipy.stats.weightedtau(s, a, rank=None)`: the pairs the
+    measure puts on top weigh most.
+
+  Computed directly over all pairs in O(M^2) time, fine for M up to a few thousand.
 
   Args:
     scores: [M] score of each checkpoint by a measure.
     accuracies: [M] ground-truth fine-tuned accuracy of each checkpoint.
+    weigh_by: 'both', 'accuracies' or 'scores', see above.
 
   Returns:
     tau_w in [-1, 1], or nan with an `UndefinedCorrelationWarning` when either input is constant.
 
   Raises:
-    ValueError: on bad input (see the module docstring).
+    ValueError: on bad input (see the module docstring) or an unknown `weigh_by`.
 
   References:
     Vigna, "A weighted correlation index for rankings with ties", WWW 2015.
   """
+  if weigh_by not in WEIGHTED_TAU_VARIANTS:
+    raise ValueError(f'weighted_tau: weigh_by must be one of '
+                     f'{", ".join(map(repr, WEIGHTED_TAU_VARIANTS))}; got {weigh_by!r}.')
   scores, accuracies = _check_pair(scores, accuracies, 'weighted_tau')
   if _undefined_if_constant(scores, accuracies, 'weighted_tau'):
     return float('nan')
-  by_scores = _weighted_tau_b(
-      scores, accuracies, _hyperbolic_lexicographic_weights(scores, accuracies))
-  by_accuracies = _weighted_tau_b(
-      scores, accuracies, _hyperbolic_lexicographic_weights(accuracies, scores))
-  return (by_scores + by_accuracies) / 2
+  taus = []
+  if weigh_by in ('both', 'scores'):
+    taus.append(_weighted_tau_b(
+        scores, accuracies, _hyperbolic_lexicographic_weights(scores, accuracies)))
+  if weigh_by in ('both', 'accuracies'):
+    taus.append(_weighted_tau_b(
+        scores, accuracies, _hyperbolic_lexicographic_weights(accuracies, scores)))
+  return sum(taus) / len(taus)
 
 
 _CORRELATIONS = (('pearson', pearson), ('spearman', spearman), ('kendall_tau', kendall_tau),
@@ -333,7 +357,8 @@ def evaluate(scores, accuracies, *, ks=(1, 3)) -> dict[str, float]:
 
   Returns:
     {'recall@k', 'rel@k' for each k, 'pearson', 'spearman', 'kendall_tau', 'weighted_tau'} ->
-    float; with the default ks the keys are `METRICS`, in that order. Correlations are nan (with an
+    float; with the default ks the keys are `METRICS`, in that order. 'weighted_tau' is
+    `weighted_tau`'s default (weigh_by='both'). Correlations are nan (with an
     `UndefinedCorrelationWarning`) when scores or accuracies are constant.
 
   Raises:

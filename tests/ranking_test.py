@@ -16,6 +16,12 @@ _CORRELATIONS = {
     'weighted_tau': (ranking.weighted_tau, lambda s, a: stats.weightedtau(s, a).statistic),
 }
 _RANK_CORRELATIONS = ('spearman', 'kendall_tau', 'weighted_tau')
+# The one-sided weighted taus: scipy ranks the elements by its first argument (ties broken by the
+# second) when rank=None.
+_ONE_SIDED_WEIGHTED_TAU = {
+    'accuracies': lambda s, a: stats.weightedtau(a, s, rank=None).statistic,
+    'scores': lambda s, a: stats.weightedtau(s, a, rank=None).statistic,
+}
 _ALL_FUNCTIONS = {
     'recall_at_k': lambda s, a: ranking.recall_at_k(s, a, 1),
     'rel_at_k': lambda s, a: ranking.rel_at_k(s, a, 1),
@@ -69,6 +75,56 @@ class AgainstScipyTest(parameterized.TestCase):
   def test_weighted_tau_scipy_docstring_example(self):
     self.assertAlmostEqual(ranking.weighted_tau([12, 2, 1, 12, 2], [1, 4, 7, 1, 0]),
                            -0.56694968153682723, places=14)
+
+  @parameterized.product(
+      weigh_by=tuple(_ONE_SIDED_WEIGHTED_TAU),
+      num_checkpoints=(2, 3, 4, 7, 10, 31, 100),
+      ties=(False, True))
+  def test_one_sided_weighted_tau_matches_scipy(self, weigh_by, num_checkpoints, ties):
+    reference = _ONE_SIDED_WEIGHTED_TAU[weigh_by]
+    rng = np.random.default_rng([num_checkpoints, int(ties), len(weigh_by)])
+    for _ in range(25):
+      scores, accuracies = _random_pair(rng, num_checkpoints, ties)
+      # float64 sums of at most M^2 / 2 pair terms of size <= 1, in another order than scipy's:
+      # at most M^2 / 2 * eps64 = 5.6e-13 apart for M = 100.
+      np.testing.assert_allclose(
+          ranking.weighted_tau(scores, accuracies, weigh_by=weigh_by),
+          reference(scores, accuracies), rtol=0, atol=num_checkpoints**2 / 2 * 2.0**-52)
+
+  @parameterized.parameters(*_ONE_SIDED_WEIGHTED_TAU)
+  def test_one_sided_weighted_tau_on_many_row_blocks(self, weigh_by):
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.normal(size=3000), 1)  # heavy ties
+    accuracies = np.round(0.5 + 0.1 * (scores + rng.normal(size=3000)), 2)
+    # As above: M^2 / 2 * eps64 = 1e-9 for M = 3000.
+    np.testing.assert_allclose(ranking.weighted_tau(scores, accuracies, weigh_by=weigh_by),
+                               _ONE_SIDED_WEIGHTED_TAU[weigh_by](scores, accuracies),
+                               rtol=0, atol=3000**2 / 2 * 2.0**-52)
+
+  def test_one_sided_weighted_tau_scipy_docstring_example(self):
+    # scipy's documented value of weightedtau(x, y, rank=None) for these x, y.
+    self.assertAlmostEqual(
+        ranking.weighted_tau([12, 2, 1, 12, 2], [1, 4, 7, 1, 0], weigh_by='scores'),
+        -0.4157652301037516, places=14)
+
+  def test_weighted_tau_variants_relate(self):
+    # Ties in both; the top by score (index 6) is the least accurate, the most accurate (index 0)
+    # is tied for the lowest score.
+    scores = np.array([0.2, 0.8, 0.7, 0.5, 0.4, 0.2, 0.9])
+    accuracies = np.array([0.9, 0.7, 0.5, 0.3, 0.7, 0.6, 0.2])
+    by_accuracies = ranking.weighted_tau(scores, accuracies, weigh_by='accuracies')
+    by_scores = ranking.weighted_tau(scores, accuracies, weigh_by='scores')
+    # Rounding of two float64 sums of 21 pair terms: far below 1e-15.
+    self.assertAlmostEqual(ranking.weighted_tau(scores, accuracies),
+                           (by_accuracies + by_scores) / 2, places=15)
+    self.assertAlmostEqual(ranking.weighted_tau(accuracies, scores, weigh_by='scores'),
+                           by_accuracies, places=15)
+    self.assertGreater(abs(by_accuracies - by_scores), 0.01)  # -0.506 and -0.548: not symmetric.
+
+  @parameterized.parameters('Accuracies', 'rank', None, True)
+  def test_weighted_tau_unknown_variant(self, weigh_by):
+    with self.assertRaisesRegex(ValueError, r'weighted_tau: weigh_by must be one of'):
+      ranking.weighted_tau([0.1, 0.2, 0.3], [0.5, 0.7, 0.6], weigh_by=weigh_by)
 
   def test_integer_and_float_inputs_agree(self):
     scores = np.array([3, 1, 4, 1, 5, 9, 2, 6])
@@ -247,6 +303,15 @@ class DegenerateInputTest(parameterized.TestCase):
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')
       self.assertTrue(np.isnan(reference(scores, accuracies)))  # scipy agrees it is undefined
+
+  @parameterized.product(weigh_by=tuple(_ONE_SIDED_WEIGHTED_TAU),
+                         constant=('scores', 'accuracies'))
+  def test_one_sided_weighted_tau_of_constant_input(self, weigh_by, constant):
+    scores = [0.5] * 5 if constant == 'scores' else [0.1, 0.4, 0.2, 0.3, 0.9]
+    accuracies = [70.0] * 5 if constant == 'accuracies' else [60.0, 70.0, 65.0, 71.0, 80.0]
+    with self.assertWarnsRegex(ranking.UndefinedCorrelationWarning,
+                               rf'weighted_tau: {constant} are constant'):
+      self.assertTrue(np.isnan(ranking.weighted_tau(scores, accuracies, weigh_by=weigh_by)))
 
   def test_warning_is_a_runtime_warning(self):
     self.assertTrue(issubclass(ranking.UndefinedCorrelationWarning, RuntimeWarning))
