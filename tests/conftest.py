@@ -49,6 +49,8 @@ def pytest_addoption(parser):
   parser.addini('kill_after', 'seconds past a test\'s time limit after which faulthandler dumps '
                 'every thread\'s stack and ends the process (tests/conftest.py)',
                 default='60')  # pytest.ini sets it, with the reason
+  parser.addini('run_tests_options', 'the pytest options of run_tests.sh (read from pytest.ini '
+                'by run_tests.sh and tests/suite_guard_test.py)', type='args')
 
 
 def _scope(item) -> str:
