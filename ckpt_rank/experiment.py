@@ -222,6 +222,69 @@ def load_ground_truth_table(path: str, config, pool: Sequence[tuple[str, str]]
   return result
 
 
+MISMATCH_CHOICES = ('error', 'leave_out')
+
+
+def ground_truth_identity(table: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                          snapshots: Mapping[str, Mapping[str, Any]],
+                          fingerprints: Mapping[str, Mapping[str, str]]
+                          ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, list[str]]]]:
+  """Which table cells were fine-tuned from other weights than the run's checkpoints.
+
+  A checkpoint loaded from files (built-in, ``tfhub:``, ``flax:`` of a fixed path) must have the
+  fingerprint its cell records. A training-stage snapshot is trained by each workdir; its weights
+  differ between CPUs by float32 rounding (see `ckpt_rank.pool`), so it must instead have the
+  cell's recipe fingerprint and probe outputs within `pool.PROBE_TOLERANCE`; a weight fingerprint
+  that differs with them is the same snapshot rounded otherwise, and is reported as such.
+
+  Args:
+    table: {task: {checkpoint: cell summary}} (skipped cells are ignored).
+    snapshots: {snapshot name: {'recipe', 'probe'}} of this run's pool (`pool.snapshot_records`).
+    fingerprints: {task: {checkpoint: weight fingerprint}} of this run; a checkpoint missing
+      here is not judged by its fingerprint (e.g. before features were computed).
+
+  Returns:
+    (mismatched, rounding): {task: {checkpoint: why}} of cells from other weights, and
+    {task: {snapshot: [table fingerprint, this run's]}} of snapshots that differ by rounding only.
+  """
+  mismatched, rounding = {}, {}
+  for task, cells in table.items():
+    for name, entry in cells.items():
+      if 'skipped' in entry:
+        continue
+      recorded, here = entry.get('fingerprint', ''), fingerprints.get(task, {}).get(name)
+      if name in snapshots:
+        same, why = pool_lib.same_snapshot(entry.get('snapshot') or {}, snapshots[name])
+        if not same:
+          mismatched.setdefault(task, {})[name] = f'snapshot: {why}'
+        elif here is not None and recorded != here:
+          rounding.setdefault(task, {})[name] = [recorded, here]
+      elif here is not None and recorded != here:
+        mismatched.setdefault(task, {})[name] = (
+            f'weights fingerprint {recorded or "(none)"} in the table, {here} here')
+  return mismatched, rounding
+
+
+def _handle_mismatches(config, mismatched: Mapping[str, Mapping[str, str]], table_path: str
+                       ) -> None:
+  """Raises ValueError listing the mismatched cells unless the config leaves them out."""
+  if not mismatched:
+    return
+  listed = '; '.join(f'{name} on {task}: {why}' for task, cells in mismatched.items()
+                     for name, why in cells.items())
+  if config.ground_truth.get('on_mismatch', 'error') == 'leave_out':
+    logging.warning('Leaving out of the rankings the checkpoints whose ground truth came from '
+                    'other weights (config.ground_truth.on_mismatch = "leave_out"): %s', listed)
+    return
+  raise ValueError(
+      f'The ground-truth table {table_path} was fine-tuned from other weights than this run '
+      f'scores: {listed}. Regenerate the table for this pool (`python -m ckpt_rank.finetune '
+      f'--config=<this config> --workdir=DIR`, then point config.ground_truth.table at '
+      f'DIR/ground_truth.json; experiments/offline.py\'s docstring has the command), or leave '
+      f'these checkpoints out of the rankings with --config.ground_truth.on_mismatch=leave_out '
+      f'(report.md and results.json then list them).')
+
+
 def _ground_truth_message(task: str, name: str, entry: Mapping[str, Any],
                           cell: Optional[Mapping[str, Any]], source: str
                           ) -> results_pb2.GroundTruth:
@@ -707,8 +770,12 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
   pool = pool_lib.build_pool(config.pool, workdir, data_dir=data_dir)
   table_path = config.ground_truth.table
   committed = None
-  if table_path:  # Checked before any expensive stage.
+  snapshots = pool_lib.snapshot_records(config.pool, workdir)
+  mismatched = {}
+  if table_path:  # Checked before any expensive stage (snapshots: recipe and probe).
     committed = load_ground_truth_table(table_path, config, pool)
+    mismatched, _ = ground_truth_identity(committed, snapshots, {})
+    _handle_mismatches(config, mismatched, table_path)
 
   # Features and measures, task by task.
   records, scores = {}, {}
@@ -732,7 +799,13 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
     table = gt['table']
     cells = {(task, name): _read_json(finetune_main.cell_path(workdir, task, name))
              for task in config.tasks for name, _ in pool}
-  accuracies, ground_truth, skipped_ground_truth, mismatched = {}, [], {}, {}
+  rounding = {}
+  if committed is not None:  # Now with the weights' fingerprints of every checkpoint.
+    fingerprints = {task: {name: records[task][name]['checkpoint']['fingerprint']
+                           for name, _ in pool} for task in config.tasks}
+    mismatched, rounding = ground_truth_identity(committed, snapshots, fingerprints)
+    _handle_mismatches(config, mismatched, table_path)
+  accuracies, ground_truth, skipped_ground_truth = {}, [], {}
   for task in config.tasks:
     accuracies[task] = {}
     for name, _ in pool:
@@ -740,14 +813,9 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
       if 'skipped' in entry:
         skipped_ground_truth.setdefault(task, {})[name] = entry['skipped']
         continue
+      if name in mismatched.get(task, {}):  # Left out (on_mismatch = 'leave_out').
+        continue
       accuracies[task][name] = float(entry['accuracy'])
-      fingerprint = records[task][name]['checkpoint']['fingerprint']
-      if entry.get('fingerprint') and entry['fingerprint'] != fingerprint:
-        # E.g. a snapshot retrained on another machine: same recipe and seed, other rounding.
-        logging.warning('%s on %s: the ground truth was fine-tuned from weights with fingerprint '
-                        '%s, the features come from %s.', name, task, entry['fingerprint'],
-                        fingerprint)
-        mismatched.setdefault(task, {})[name] = [entry['fingerprint'], fingerprint]
       ground_truth.append(_ground_truth_message(task, name, entry, cells.get((task, name)),
                                                 source))
 
@@ -775,7 +843,8 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
                  'train_split': task_info.split(config.train_role),
                  'eval_split': task_info.split(config.eval_role),
                  'ground_truth_skipped': skipped_ground_truth.get(task, {}),
-                 'ground_truth_fingerprint_mismatch': mismatched.get(task, {})}))
+                 'ground_truth_left_out': mismatched.get(task, {}),
+                 'ground_truth_snapshot_rounding': rounding.get(task, {})}))
   first_task = config.tasks[0]
   for name, spec in pool:
     info = records[first_task][name]['checkpoint']

@@ -31,7 +31,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -116,11 +116,13 @@ def check_config(config) -> None:
     finetune.Settings(learning_rate=1.0, steps=int(steps))
 
 
-def _protocol(config, task: str, spec: str) -> dict[str, Any]:
+def _protocol(config, task: str, spec: str, snapshot: Optional[Mapping[str, Any]] = None
+              ) -> dict[str, Any]:
   """What a cell's numbers depend on; a cell on disk with another protocol is recomputed.
 
-  TF-Hub specs add the backend and `finetune_tf.VERSION`; Flax cells' protocol is as it was
-  before TF-Hub checkpoints were fine-tuned, so their finished cells stay valid.
+  TF-Hub specs add the backend and `finetune_tf.VERSION`; a training-stage snapshot adds its
+  recipe fingerprint (`pool`), so cells fine-tuned from snapshots of another recipe are redone
+  while a snapshot retrained by the same recipe (other rounding) keeps its cells.
   """
   ft = config.fine_tune
   protocol = {'format_version': FORMAT_VERSION, 'task': task, 'spec': spec,
@@ -133,7 +135,15 @@ def _protocol(config, task: str, spec: str) -> dict[str, Any]:
   if is_tfhub_spec(spec):
     from ckpt_rank import finetune_tf  # pylint: disable=g-import-not-at-top
     protocol.update(backend='tensorflow', backend_version=finetune_tf.VERSION)
+  if snapshot is not None:
+    protocol['snapshot_recipe'] = snapshot['recipe']
   return json.loads(json.dumps(protocol))  # As it reads back from the cell file (no tuples).
+
+
+def _portable_spec(spec: str, workdir: str) -> str:
+  """`spec` with the workdir written as ``WORKDIR`` (the table names no path of one machine)."""
+  prefix = 'flax:' + workdir.rstrip(os.sep) + os.sep
+  return 'flax:WORKDIR/' + spec[len(prefix):] if spec.startswith(prefix) else spec
 
 
 def cell_path(workdir: str, task: str, checkpoint: str) -> str:
@@ -168,6 +178,7 @@ def _summary(cell: dict[str, Any]) -> dict[str, Any]:
           'seed': best['settings']['seed'], 'num_train': cell['num_train'],
           'num_eval': cell['num_eval'], 'wall_seconds': cell['wall_seconds'],
           'fingerprint': cell.get('fingerprint', ''),
+          **({'snapshot': cell['snapshot']} if cell.get('snapshot') else {}),
           # Every run of the sweep, so that the table alone gives the sweep.
           'sweep': [{'learning_rate': r['settings']['learning_rate'],
                      'steps': r['settings']['steps'], 'accuracy': r['accuracy'],
@@ -276,6 +287,7 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dic
   data_dir = config.data_dir or None
   start = time.perf_counter()
   pool = pool_lib.build_pool(config.pool, workdir, data_dir=data_dir)
+  snapshots = pool_lib.snapshot_records(config.pool, workdir)
   base = _settings_base(config.fine_tune)
   computed = 0
   table = {task: {} for task in config.tasks}
@@ -284,7 +296,7 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dic
   for task in config.tasks:
     for name, spec in pool:
       path = cell_path(workdir, task, name)
-      protocol = _protocol(config, task, spec)
+      protocol = _protocol(config, task, spec, snapshots.get(name))
       cell = _read_json(path)
       if cell is not None and cell.get('protocol') == protocol:
         table[task][name] = _summary(cell)
@@ -328,6 +340,8 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dic
     if failed:
       raise RuntimeError(f'Fine-tuning failed (checkpoint, task, error): {failed}')
     for (task, name, _, _), cell in zip(group, cells):
+      if name in snapshots:  # What identifies the snapshot on other machines (`pool`).
+        cell['snapshot'] = snapshots[name]
       computed += 1
       _write_json(cell_path(workdir, task, name), cell)
       table[task][name] = _summary(cell)
@@ -335,7 +349,8 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dic
            for task in config.tasks}
   result = {'format_version': FORMAT_VERSION,
             'command': list(command) if command is not None else list(sys.argv),
-            'config': json.loads(config.to_json()), 'pool': [list(e) for e in pool],
+            'config': json.loads(config.to_json()),
+            'pool': [[name, _portable_spec(spec, workdir)] for name, spec in pool],
             'table': table, 'cells_computed_this_run': computed,
             'wall_seconds_this_run': time.perf_counter() - start, 'versions': versions()}
   _write_json(os.path.join(workdir, TABLE_FILE), result)

@@ -16,9 +16,22 @@ A pool config (`config.pool`) has
   seed.
 
 Snapshot runs resume: a run whose snapshot directories are all there, with a manifest
-(``WORKDIR/pool/<run>.json``) recording the same run config, is not recomputed. Each snapshot is
-written atomically (`save_flax` renames a finished temporary directory), the manifest last; a
-run whose manifest records another config raises ValueError rather than mixing two pools.
+(``WORKDIR/pool/<run>.json``) recording the same run config and recipe, is not recomputed. Each
+snapshot is written atomically (`save_flax` renames a finished temporary directory), the manifest
+last; a run whose manifest records another config raises ValueError rather than mixing two pools.
+
+Identity across machines. Snapshot training is deterministic on one machine, but its weights are
+not bitwise the same on another CPU: XLA's CPU kernels block their sums by the cache sizes and
+vector width they find, so the float32 rounding of 300 SGD steps differs (seen: AMD Zen 4 and
+Intel Sapphire Rapids train other bytes from the same code and inputs). A snapshot is therefore
+identified by two records of the manifest, which the ground-truth table copies:
+
+* ``recipe``: a fingerprint of everything that decides the weights up to rounding: the run's
+  config, the base checkpoint's fingerprint, the source images and labels, and the code's
+  `RECIPE_VERSION` (bump it whenever this module or `finetune` changes what training computes);
+* ``probe``: the snapshot's class probabilities on the first `PROBE_IMAGES` source images, which
+  tell apart weights that differ by rounding (probabilities within `PROBE_TOLERANCE`) from
+  weights that come from other code or inputs (see `same_snapshot`).
 """
 
 import json
@@ -32,7 +45,17 @@ import numpy as np
 
 from ckpt_rank import features as features_lib
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+# What snapshot training computes: bump with any change to this module's or `finetune`'s training
+# arithmetic, data order or saving, so that tables fine-tuned from older snapshots are refused.
+RECIPE_VERSION = 2
+# Probe: the first source images (real images of the source classes, known without training).
+PROBE_IMAGES = 16
+# Largest difference of a class probability on the probe images between two trainings of one
+# recipe that differ only in float32 rounding. Measured between XLA:CPU kernels for AVX-512 and
+# for AVX2 on one machine (tests/pool_test.py records it): at most PROBE_OBSERVED of a
+# probability; snapshots of other step counts of the same run differ by more than 0.1.
+PROBE_TOLERANCE = 0.02
 _SNAPSHOT_FIELDS = ('base', 'source_task', 'source_classes', 'source_role', 'source_examples',
                     'image_size', 'steps', 'learning_rate', 'batch_size', 'seed')
 _NAME = re.compile(r'^[A-Za-z0-9_.\-]+$')
@@ -126,11 +149,91 @@ def _read_manifest(path: str) -> Optional[dict[str, Any]]:
     raise ValueError(f'Corrupt snapshot manifest {path!r}: {e}; delete it to recompute.') from None
 
 
+def _recipe(spec: dict[str, Any], base_fingerprint: str, images: np.ndarray,
+            labels: np.ndarray) -> str:
+  from ckpt_rank.checkpoints import base as base_lib  # pylint: disable=g-import-not-at-top
+  return base_lib.hash_parts(
+      {'recipe_version': RECIPE_VERSION, 'config': spec, 'base_fingerprint': base_fingerprint,
+       'source_images': features_lib.images_hash(images),
+       'source_labels': features_lib.images_hash(np.asarray(labels, np.int32))})
+
+
+def _source(spec: dict[str, Any], data_dir: Optional[str], module_fn):
+  """The run's base checkpoint and its source examples (images, labels), classes selected."""
+  from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import data  # pylint: disable=g-import-not-at-top
+  overrides = {} if module_fn is None else {'module_fn': module_fn}
+  base = checkpoints.load(spec['base'], input_size=spec['image_size'], **overrides)
+  if not hasattr(base, 'arch'):
+    raise ValueError(f'Snapshot base {spec["base"]!r} is not a Flax checkpoint; only Flax '
+                     'checkpoints are fine-tuned.')
+  examples = data.load(spec['source_task'], spec['source_role'], data_dir=data_dir,
+                       max_examples=spec['source_examples'], image_size=spec['image_size'])
+  images, labels = select_classes(examples.images, examples.labels, spec['source_classes'])
+  return base, images, labels
+
+
+def snapshot_recipe(run: str, cfg, *, data_dir: Optional[str] = None,
+                    module_fn: Optional[Callable[..., Any]] = None) -> str:
+  """The recipe fingerprint of snapshot run `run` (see the module docstring), without training.
+
+  It loads the base checkpoint and the source examples: what a ground-truth table's snapshot
+  cells are checked against when no trained pool is at hand.
+  """
+  spec = _snapshot_config(run, cfg)
+  base, images, labels = _source(spec, data_dir, module_fn)
+  return _recipe(spec, base.fingerprint, images, labels)
+
+
+def same_snapshot(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[bool, str]:
+  """Whether two records of one snapshot ({'recipe', 'probe'}) name the same weights up to rounding.
+
+  Returns:
+    (same, why): `why` says what differs (empty when they are the same).
+  """
+  if not a.get('recipe') or not b.get('recipe'):
+    return False, 'no recipe fingerprint recorded (made by an older ckpt_rank)'
+  if a['recipe'] != b['recipe']:
+    return False, f'recipe {a["recipe"]} against {b["recipe"]} (other code, config or inputs)'
+  pa, pb = np.asarray(a.get('probe'), np.float64), np.asarray(b.get('probe'), np.float64)
+  if pa.shape != pb.shape or pa.size == 0:
+    return False, f'probe outputs of shapes {pa.shape} and {pb.shape}'
+  gap = float(np.max(np.abs(pa - pb)))
+  if not gap <= PROBE_TOLERANCE:
+    return False, (f'same recipe, but probe probabilities differ by {gap:.3g} > '
+                   f'{PROBE_TOLERANCE} (more than float32 rounding explains)')
+  return True, ''
+
+
+def _probe(path: str, images: np.ndarray, input_size: int, module_fn) -> list[list[float]]:
+  """Class probabilities of the snapshot saved at `path` on the probe images, rounded to 1e-6."""
+  from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top
+  overrides = {} if module_fn is None else {'module_fn': module_fn}
+  snapshot = checkpoints.load('flax:' + path, input_size=input_size, **overrides)
+  logits = np.asarray(snapshot.logits(images), np.float64)
+  logits -= logits.max(axis=1, keepdims=True)
+  probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  return np.round(probs, 6).tolist()
+
+
+def snapshot_records(pool_config, workdir: str) -> dict[str, dict[str, Any]]:
+  """{snapshot name: {'recipe', 'probe'}} of the pool's snapshot runs as trained in `workdir`.
+
+  Read from the runs' manifests (`build_pool` writes them); a run not trained yet has no entry.
+  """
+  records = {}
+  for run in sorted(pool_config.get('snapshots') or {}):
+    manifest = _read_manifest(os.path.join(workdir, 'pool', f'{run}.json')) or {}
+    for k in manifest.get('config', {}).get('steps', []):
+      records[f'{run}_step{k}'] = {'recipe': manifest.get('recipe', ''),
+                                   'probe': manifest.get('probes', {}).get(str(k))}
+  return records
+
+
 def build_snapshots(run: str, cfg, workdir: str, *, data_dir: Optional[str] = None,
                     module_fn: Optional[Callable[..., Any]] = None) -> list[tuple[str, str]]:
   """Trains (or finds) one snapshot run; returns [(name, 'flax:<dir>')] in step order."""
   from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top
-  from ckpt_rank import data  # pylint: disable=g-import-not-at-top
   from ckpt_rank import finetune  # pylint: disable=g-import-not-at-top
   if not _NAME.match(run):
     raise ValueError(f'Snapshot run name {run!r} must use only letters, digits, ".", "_", "-".')
@@ -143,20 +246,19 @@ def build_snapshots(run: str, cfg, workdir: str, *, data_dir: Optional[str] = No
     raise ValueError(f'{manifest_path!r} records snapshot run {run!r} with config '
                      f'{manifest.get("config")}, but the config now asks for {spec}. Use another '
                      'workdir (or delete the pool directory) to rebuild it.')
-  if manifest is not None and all(_complete(d) for d in dirs.values()):
+  current = manifest is not None and (manifest.get('manifest_version'), manifest.get(
+      'recipe_version')) == (MANIFEST_VERSION, RECIPE_VERSION)
+  if current and all(_complete(d) for d in dirs.values()):
     logging.info('Snapshot run %s: found %d snapshots in %s.', run, len(dirs),
                  os.path.dirname(manifest_path))
     return entries
+  if manifest is not None and not current:
+    logging.warning('Snapshot run %s in %s was trained by another version of the recipe '
+                    '(recipe_version %s, now %d): training it again.', run, manifest_path,
+                    manifest.get('recipe_version'), RECIPE_VERSION)
 
   start = time.perf_counter()
-  overrides = {} if module_fn is None else {'module_fn': module_fn}
-  base = checkpoints.load(spec['base'], input_size=spec['image_size'], **overrides)
-  if not hasattr(base, 'arch'):
-    raise ValueError(f'pool.snapshots.{run}.base {spec["base"]!r} is not a Flax checkpoint; '
-                     'only Flax checkpoints are fine-tuned.')
-  examples = data.load(spec['source_task'], spec['source_role'], data_dir=data_dir,
-                       max_examples=spec['source_examples'], image_size=spec['image_size'])
-  images, labels = select_classes(examples.images, examples.labels, spec['source_classes'])
+  base, images, labels = _source(spec, data_dir, module_fn)
   num_classes = len(spec['source_classes'])
   settings = finetune.Settings(learning_rate=spec['learning_rate'], steps=spec['steps'][-1],
                                batch_size=spec['batch_size'], seed=spec['seed'])
@@ -174,12 +276,15 @@ def build_snapshots(run: str, cfg, workdir: str, *, data_dir: Optional[str] = No
     checkpoints.save_flax(path, arch=base.arch, arch_kwargs=arch_kwargs,
                           variables=result.snapshots[step], input_size=base.input_size,
                           mean=prep['mean'], std=prep['std'], name=f'{run}_step{step}')
-  record = {'manifest_version': MANIFEST_VERSION, 'config': spec,
+  record = {'manifest_version': MANIFEST_VERSION, 'recipe_version': RECIPE_VERSION,
+            'config': spec, 'recipe': _recipe(spec, base.fingerprint, images, labels),
+            'probes': {str(k): _probe(d, images[:PROBE_IMAGES], spec['image_size'], module_fn)
+                       for k, d in dirs.items()},
             'base_fingerprint': base.fingerprint, 'num_source_images': int(len(labels)),
             'train_loss': list(result.train_loss),
             'final_accuracy_on_128_train_images': result.accuracy,
             'seconds': time.perf_counter() - start,
-            'snapshots': {str(k): d for k, d in dirs.items()}}
+            'snapshots': {str(k): os.path.relpath(d, workdir) for k, d in dirs.items()}}
   features_lib._atomic_write(  # pylint: disable=protected-access
       manifest_path, lambda f: f.write(json.dumps(record, indent=2, sort_keys=True).encode()))
   return entries

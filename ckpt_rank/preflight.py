@@ -52,7 +52,7 @@ FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     'fine_tune': (('learning_rates', 'step_budgets', 'batch_size', 'warmup_steps',
                    'decay_fractions', 'momentum', 'weight_decay', 'seed'), ()),
     'features': (('batch_size',), ()),
-    'ground_truth': (('table',), ()),
+    'ground_truth': (('table',), ('on_mismatch',)),
     'scale': ((), ('checkpoints_per_batch', 'memory_budget_mb', 'stream_images')),
 }
 _GROUP_FIELDS = ('description', 'checkpoints')
@@ -198,6 +198,10 @@ def validate_config(config) -> None:
   if not isinstance(config.ground_truth.table, str):
     problems.append(f'config.ground_truth.table must be a path or \'\', got '
                     f'{config.ground_truth.table!r}.')
+  on_mismatch = config.ground_truth.get('on_mismatch', 'error')
+  if on_mismatch not in ('error', 'leave_out'):
+    problems.append(f'config.ground_truth.on_mismatch must be "error" or "leave_out", got '
+                    f'{on_mismatch!r}.')
   ks = config.ranking_ks
   if isinstance(ks, (str, int)) or not ks or any(
       isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):

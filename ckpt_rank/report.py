@@ -19,6 +19,7 @@ backend change, no display needed.
 """
 
 import io
+import json
 import math
 import os
 import re
@@ -197,6 +198,30 @@ def _run_lines(results: results_pb2.Results) -> list[str]:
   return lines
 
 
+def ground_truth_notes(results: results_pb2.Results) -> list[str]:
+  """Sentences on checkpoints whose ground truth came from other weights than their scores.
+
+  From each task's details (`experiment.run`): `ground_truth_left_out` ({checkpoint: why}, left
+  out of every ranking) and `ground_truth_snapshot_rounding` ({snapshot: [table fingerprint, this
+  run's]}, the same training-stage snapshot retrained on another CPU: ranked).
+  """
+  notes = []
+  for task in results.tasks:
+    details = json.loads(task.details_json or '{}')
+    for name, why in sorted((details.get('ground_truth_left_out') or {}).items()):
+      notes.append(f'{name} on {task.name} is left out of the rankings: its ground truth was '
+                   f'fine-tuned from other weights ({why}).')
+    rounding = details.get('ground_truth_snapshot_rounding') or {}
+    if rounding:
+      notes.append(
+          f'On {task.name}, the snapshots {", ".join(sorted(rounding))} were retrained here with '
+          'the recipe of the ground-truth table (same recipe fingerprint, class probabilities '
+          'within rounding) but their weights differ in float32 rounding from those the table '
+          'was fine-tuned from (another CPU): ' + ', '.join(
+              f'{n} {a} -> {b}' for n, (a, b) in sorted(rounding.items())) + '.')
+  return notes
+
+
 def _markdown(view: _View, plots: dict[str, str]) -> str:
   results = view.results
   lines = ['# ckpt_rank report', '']
@@ -211,6 +236,7 @@ def _markdown(view: _View, plots: dict[str, str]) -> str:
                  'and score-vs-accuracy plots need it.')
   elif not results.rankings:
     notes.append('No ranking evaluations in these results.')
+  notes += ground_truth_notes(results)
   if view.ground_truth_sources:
     lines.append('Ground truth from: ' + '; '.join(s or 'unknown' for s in
                                                   view.ground_truth_sources) + '.')
@@ -278,6 +304,8 @@ def summary_markdown(results: results_pb2.Results) -> str:
            f'{len(view.checkpoints)} checkpoints; mean ± spread over seeds. M: checkpoints '
            'ranked. Wall s: the measure summed over checkpoints and tasks, beside fine-tuning.',
            '']
+  lines += [f'Note: {note}' for note in ground_truth_notes(results)]
+  lines += [''] if lines[-1] else []
   averaged = view.evaluations(task='', group='')
   if not averaged:
     return '\n'.join(lines + ['*No ranking evaluations.*']) + '\n'

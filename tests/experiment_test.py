@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -10,10 +11,12 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 import numpy as np
+import pytest
 from scipy import stats
 
 from ckpt_rank import experiment
 from ckpt_rank import measures
+from ckpt_rank import pool
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,6 +137,104 @@ class GroundTruthTableTest(parameterized.TestCase):
       experiment.load_ground_truth_table(path, self.config, self.pool)
 
 
+def _probe(seed):
+  return np.random.default_rng(seed).dirichlet(np.ones(5), size=16).round(6).tolist()
+
+
+class GroundTruthIdentityTest(absltest.TestCase):
+  """Which cells of a table were fine-tuned from other weights, and what the run does then."""
+
+  def setUp(self):
+    super().setUp()
+    self.snapshot = {'recipe': 'aaaaaaaaaaaaaaaa', 'probe': _probe(0)}
+    self.table = {'t': {
+        'lite0': {'accuracy': 0.9, 'fingerprint': 'f0'},
+        'snap': {'accuracy': 0.8, 'fingerprint': 'w_table', 'snapshot': self.snapshot},
+        'skipped': {'skipped': 'not fine-tunable'}}}
+
+  def test_the_same_weights(self):
+    self.assertEqual(experiment.ground_truth_identity(
+        self.table, {'snap': self.snapshot}, {'t': {'lite0': 'f0', 'snap': 'w_table'}}), ({}, {}))
+
+  def test_a_snapshot_retrained_on_another_cpu_is_rounding(self):
+    here = {'recipe': self.snapshot['recipe'],
+            'probe': (np.array(self.snapshot['probe']) + 1e-4).tolist()}
+    mismatched, rounding = experiment.ground_truth_identity(
+        self.table, {'snap': here}, {'t': {'lite0': 'f0', 'snap': 'w_here'}})
+    self.assertEqual(mismatched, {})
+    self.assertEqual(rounding, {'t': {'snap': ['w_table', 'w_here']}})
+
+  def test_other_weights_are_named(self):
+    other = {'recipe': 'bbbbbbbbbbbbbbbb', 'probe': self.snapshot['probe']}
+    mismatched, _ = experiment.ground_truth_identity(
+        self.table, {'snap': other}, {'t': {'lite0': 'f1', 'snap': 'w_here'}})
+    self.assertEqual(sorted(mismatched['t']), ['lite0', 'snap'])
+    self.assertIn('f0 in the table, f1 here', mismatched['t']['lite0'])
+    self.assertIn('recipe aaaaaaaaaaaaaaaa against bbbbbbbbbbbbbbbb', mismatched['t']['snap'])
+    # Same recipe, other function: more than rounding.
+    far = {'recipe': self.snapshot['recipe'], 'probe': _probe(1)}
+    mismatched, _ = experiment.ground_truth_identity(self.table, {'snap': far}, {})
+    self.assertIn('probe probabilities differ', mismatched['t']['snap'])
+    # A table from before snapshots recorded their recipe.
+    old = {'t': {'snap': {'accuracy': 0.8, 'fingerprint': 'w_table'}}}
+    mismatched, _ = experiment.ground_truth_identity(old, {'snap': self.snapshot}, {})
+    self.assertIn('no recipe fingerprint', mismatched['t']['snap'])
+
+  def test_a_mismatch_stops_the_run_unless_left_out(self):
+    config = _offline_config()
+    mismatched = {'t': {'snap': 'snapshot: recipe a against b'}}
+    with self.assertRaisesRegex(ValueError, r'(?s)other weights.*snap on t: snapshot: recipe a '
+                                r'against b.*ckpt_rank.finetune.*on_mismatch=leave_out'):
+      experiment._handle_mismatches(config, mismatched, 'table.json')
+    experiment._handle_mismatches(config, {}, 'table.json')
+    config.ground_truth.on_mismatch = 'leave_out'
+    experiment._handle_mismatches(config, mismatched, 'table.json')  # Logged, listed, not raised.
+
+  def test_the_committed_table_records_each_snapshot_and_no_absolute_path(self):
+    config = _offline_config()
+    with open(experiment.resolve_path(config.ground_truth.table)) as f:
+      text = f.read()
+    table = json.loads(text)
+    snapshot_names = [n for n, _ in _pool(config) if n not in dict(config.pool.checkpoints)]
+    for task in config.tasks:
+      for name in snapshot_names:
+        record = table['table'][task][name]['snapshot']
+        self.assertLen(record['recipe'], 16)
+        self.assertEqual(np.array(record['probe']).shape, (16, 5))
+
+    def strings(value):
+      if isinstance(value, str):
+        yield value
+      elif isinstance(value, dict):
+        for k, v in value.items():
+          yield k
+          yield from strings(v)
+      elif isinstance(value, list):
+        for v in value:
+          yield from strings(v)
+
+    absolute = [v for v in strings(table) if any(
+        part.startswith(('/', '~')) for part in re.split(r'[=:]', v))]
+    self.assertEqual(absolute, [])
+
+
+@pytest.mark.slow(seconds=40)
+class CommittedSnapshotsTest(absltest.TestCase):
+
+  def test_the_committed_snapshots_come_from_this_codes_recipe(self):
+    # Without training: the recipe fingerprint is a function of the inputs and RECIPE_VERSION.
+    # A failure means the snapshot recipe (its code, config or source data) changed since the
+    # table was made: regenerate it with the command in experiments/offline.py's docstring.
+    config = _offline_config()
+    with open(experiment.resolve_path(config.ground_truth.table)) as f:
+      table = json.load(f)['table']
+    for run, cfg in config.pool.snapshots.items():
+      recipe = pool.snapshot_recipe(run, cfg, data_dir=config.data_dir or None)
+      for task in config.tasks:
+        for step in cfg.steps:
+          self.assertEqual(table[task][f'{run}_step{step}']['snapshot']['recipe'], recipe)
+
+
 class ConfigTest(absltest.TestCase):
 
   def test_offline_configs_validate(self):
@@ -161,6 +262,10 @@ class ConfigTest(absltest.TestCase):
     config.scale.stream_images = 1
     with self.assertRaisesRegex(ValueError, r'checkpoints_per_batch(.|\n)*memory_budget_mb(.|\n)*'
                                 r'stream_images must be True or False, got 1'):
+      experiment.check_config(config)
+    config = _offline_config()
+    config.ground_truth.on_mismatch = 'ignore'
+    with self.assertRaisesRegex(ValueError, 'on_mismatch must be "error" or "leave_out"'):
       experiment.check_config(config)
 
 

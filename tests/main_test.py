@@ -18,6 +18,7 @@ import tempfile
 from unittest import mock
 
 from absl.testing import absltest
+import numpy as np
 import pytest
 
 from ckpt_rank import checkpoints
@@ -144,6 +145,38 @@ class EndToEndTest(absltest.TestCase):
     with open(os.path.join(workdir, old_code)) as f:
       self.assertEqual(json.load(f)['inputs']['code'], measures.get('sfda').code_version)
 
+    self._check_table_identity(config, workdir)
+
+  def _check_table_identity(self, config, workdir):
+    """The run's table used as a committed one: its own weights pass; a snapshot of another
+    recipe stops the run, or is left out of every ranking and listed when the config says so."""
+    with open(os.path.join(workdir, finetune_main.TABLE_FILE)) as f:
+      table = json.load(f)
+    config.ground_truth.table = os.path.join(workdir, finetune_main.TABLE_FILE)
+    results = experiment.run(config, workdir)
+    details = json.loads(results.tasks[0].details_json)
+    self.assertEqual(details['ground_truth_left_out'], {})
+    self.assertEqual(details['ground_truth_snapshot_rounding'], {})
+
+    table['table']['sklearn_digits']['mobilenet_v2_mnist_step2']['snapshot']['recipe'] = 'x' * 16
+    other = os.path.join(_tempdir(self), 'other_recipe.json')
+    with open(other, 'w') as f:
+      json.dump(table, f)
+    config.ground_truth.table = other
+    with self.assertRaisesRegex(ValueError, r'mobilenet_v2_mnist_step2 on sklearn_digits: '
+                                r'snapshot: recipe x{16} against'):
+      experiment.run(config, workdir)
+    config.ground_truth.on_mismatch = 'leave_out'
+    results = experiment.run(config, workdir)
+    details = json.loads(results.tasks[0].details_json)
+    self.assertEqual(list(details['ground_truth_left_out']), ['mobilenet_v2_mnist_step2'])
+    self.assertNotIn('mobilenet_v2_mnist_step2',
+                     {g.checkpoint for g in results.ground_truth})
+    for evaluation in results.rankings:
+      self.assertNotIn('mobilenet_v2_mnist_step2', evaluation.checkpoints)
+    with open(os.path.join(workdir, 'report.md')) as f:
+      self.assertIn('mobilenet_v2_mnist_step2 on sklearn_digits is left out of the rankings',
+                    f.read())
 
   def _check_ground_truth(self, workdir):
     """The ground truth the run fine-tuned: the table, its cells and the snapshot checkpoint."""
@@ -177,8 +210,15 @@ class EndToEndTest(absltest.TestCase):
     self.assertEqual(cell['best']['settings']['seed'], 0)
     self.assertIn('jax', cell['versions'])
     self.assertEqual(cell['protocol']['eval_role'], 'test')
-    # The snapshot is a checkpoint with its source head.
-    snapshot = checkpoints.load(dict(written['pool'])['mobilenet_v2_mnist_step2'])
+    # The snapshot cell records what identifies the snapshot on other machines.
+    record = table['mobilenet_v2_mnist_step2']['snapshot']
+    self.assertLen(record['recipe'], 16)
+    self.assertEqual(np.array(record['probe']).shape, (16, 10))
+    self.assertNotIn('snapshot', table['mobilenet_v2'])
+    # The table names the workdir WORKDIR. The snapshot is a checkpoint with its source head.
+    spec = dict(written['pool'])['mobilenet_v2_mnist_step2']
+    self.assertEqual(spec, 'flax:WORKDIR/pool/mobilenet_v2_mnist_step2')
+    snapshot = checkpoints.load(spec.replace('WORKDIR', workdir))
     self.assertTrue(snapshot.has_head)
     self.assertEqual(snapshot.num_classes, 10)
     self.assertEqual(snapshot.input_size, 32)
