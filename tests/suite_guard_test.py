@@ -104,6 +104,8 @@ class SuiteGuardTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.dir = tempfile.mkdtemp(prefix='suite_guard_')
+    # A class clean-up, unlike tearDownClass, runs also when this set-up fails.
+    cls.addClassCleanup(shutil.rmtree, cls.dir, ignore_errors=True)
     os.mkdir(os.path.join(cls.dir, 'tests'))
     shutil.copy(os.path.join(_ROOT, 'pytest.ini'), cls.dir)
     shutil.copy(os.path.join(_ROOT, 'tests', 'conftest.py'), os.path.join(cls.dir, 'tests'))
@@ -132,11 +134,6 @@ class SuiteGuardTest(absltest.TestCase):
         os.killpg(proc.pid, signal.SIGKILL)  # pytest and its workers
         proc.wait()
         cls.hung[run] = True
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.dir, ignore_errors=True)
-    super().tearDownClass()
 
   def ended(self, run: str) -> str:
     """The run's output, after checking that it ended in time with a failing status."""
