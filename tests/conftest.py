@@ -33,6 +33,10 @@ import time
 import pytest
 import pytest_timeout
 
+# Before any test module imports TensorFlow: importing ckpt_rank sets TensorFlow's defaults
+# (oneDNN off, see ckpt_rank/__init__.py), which TensorFlow reads when it is imported.
+import ckpt_rank  # pylint: disable=unused-import
+
 _DEFAULT_SLOW_SECONDS = 60.0
 # A slow test's limit is 3x its duration measured on the 2-core CI machine: room for a machine up
 # to 3x slower (an older CPU, a busier host) before a test is called hung, while a hang still
