@@ -14,7 +14,8 @@ from sklearn import preprocessing
 from ckpt_rank.measures import _parc
 
 
-def parc_numpy(features, labels, pca_dim=32):
+def reference_pairs(features, labels, pca_dim=32):
+  """The paper's pipeline in float64: ([P] feature dissimilarities, [P] label ones), P pairs i < j."""
   x = features.astype(np.float64)
   k = min(pca_dim, *x.shape)
   x = decomposition.PCA(n_components=k, svd_solver='full').fit_transform(x)
@@ -25,7 +26,45 @@ def parc_numpy(features, labels, pca_dim=32):
   # Rounded: the two exact values (0 and C / (C - 1)) come out of corrcoef with rounding noise,
   # which spearmanr would otherwise rank as distinct values (the paper's code does).
   label_rdm = np.round(1 - np.corrcoef(onehot), 8)[upper]
-  return 100 * stats.spearmanr(feature_rdm, label_rdm)[0]
+  return feature_rdm, label_rdm
+
+
+def parc_numpy(features, labels, pca_dim=32):
+  return 100 * stats.spearmanr(*reference_pairs(features, labels, pca_dim))[0]
+
+
+def rounding_bound(features, labels, pca_dim, eps):
+  """How far PARC computed with float epsilon `eps` can be from the exact one.
+
+  PARC is 100 x the Pearson correlation of the ranks r of the P pair dissimilarities with the 0/1
+  indicator b of different labels. Computed dissimilarities within delta of the exact ones can
+  only exchange the ranks of two pairs less than 2 delta apart, and an exchange changes
+  sum (r - mean r)(b - mean b) by 1 where the two indicators differ (0 where they agree), while
+  sum (r - mean r)^2 stays (P^3 - P) / 12. So 100 rho moves by at most 100 x the number of such
+  pairs / sqrt((P^3 - P) / 12 sum (b - mean b)^2), plus the float64 rounding of the correlation
+  sums (P float64 epsilons). delta is eps kappa, kappa = lambda_1 / (the smallest gap between
+  the first pca_dim + 1 eigenvalues of the centred covariance or Gram matrix): the eigensolver's
+  backward error, about eps lambda_1, over the gap turns the PCA axes (Davis and Kahan), and the
+  standardised coordinates and the row correlations follow them.
+  """
+  x = features.astype(np.float64)
+  x = x - x.mean(axis=0)
+  k = min(pca_dim, *x.shape)
+  gram = x.T @ x if x.shape[1] <= x.shape[0] else x @ x.T
+  eigenvalues = np.linalg.eigvalsh(gram)[::-1][:k + 1]
+  delta = eps * eigenvalues[0] / np.min(-np.diff(eigenvalues))
+  dissimilarity, label_rdm = reference_pairs(features, labels, pca_dim)
+  order = np.argsort(dissimilarity)
+  values, different = dissimilarity[order], label_rdm[order] > 0
+  num_pairs = len(values)
+  # For each pair, the later pairs (in sorted order) within 2 delta, and how many of them differ.
+  within = np.searchsorted(values, values + 2 * delta, side='right') - np.arange(num_pairs) - 1
+  ones_after = np.concatenate([np.cumsum(different[::-1])[::-1], [0]])
+  ones = (ones_after[np.arange(num_pairs) + 1] -
+          ones_after[np.arange(num_pairs) + 1 + within])
+  exchanges = np.sum(np.where(different, within - ones, ones))
+  spread = np.sqrt((num_pairs**3 - num_pairs) / 12 * np.sum((different - different.mean())**2))
+  return 100 * (exchanges / spread + num_pairs * np.finfo(np.float64).eps)
 
 
 def graded_problem(separation, seed=0, n=240, d=48, num_classes=4):
@@ -40,11 +79,22 @@ class ParcTest(parameterized.TestCase):
 
   @parameterized.parameters((240, 48, 4, 32), (240, 48, 4, 8), (40, 60, 3, 32))
   def test_matches_scipy_reference(self, n, d, num_classes, pca_dim):
-    # (40, 60): pca_dim capped at N, and the Gram-matrix PCA path.
+    # (40, 60): pca_dim capped at N, and the Gram-matrix PCA path. In float64 no two pairs are
+    # close enough to exchange ranks, so the bound is the correlation's rounding (1e-11): the
+    # algorithm itself is checked there. In float32 the bound is that of its rounding, from 5e-3
+    # (pca_dim 8, kappa 100) to several points (pca_dim 32 of 40 examples, kappa 2e4: every
+    # exchange of two of the 780 pairs moves the score by 1.2e-3).
     for separation in (0.0, 1.0, 3.0):
       features, labels = graded_problem(separation, n=n, d=d, num_classes=num_classes)
-      ours = float(_parc.parc(features, labels, pca_dim=pca_dim))
-      np.testing.assert_allclose(ours, parc_numpy(features, labels, pca_dim), atol=2e-3)
+      expected = parc_numpy(features, labels, pca_dim)
+      with jax.enable_x64(True):
+        ours64 = float(_parc.parc(features.astype(np.float64), labels, pca_dim=pca_dim))
+      ours32 = float(_parc.parc(features, labels, pca_dim=pca_dim))
+      for ours, dtype in ((ours64, np.float64), (ours32, np.float32)):
+        bound = rounding_bound(features, labels, pca_dim, np.finfo(dtype).eps)
+        print(f'{n}x{d} pca_dim {pca_dim} separation {separation} {dtype.__name__}: '
+              f'|ours - reference| {abs(ours - expected):.2e}, bound {bound:.2e}')
+        self.assertLessEqual(abs(ours - expected), bound)
 
   def test_ties_are_averaged_like_scipy(self):
     # Repeated examples give exactly tied dissimilarities (and pairs at dissimilarity 0).
