@@ -4,6 +4,22 @@ Every measure returns a higher-is-better scalar. Public functions validate concr
 raise `ValueError` naming the problem; under `jit`/`vmap` pass the static sizes they ask for
 (`num_classes`, ...). Configs refer to measures by spec strings, e.g.
 ``measures.get("nleep(components_per_class=1)")``; `names()` lists them.
+
+Inputs every measure treats alike:
+
+* dtypes: float16, bfloat16, float32, float64, integer (and boolean) arrays. Everything is
+  computed, and scores returned, in float32, or float64 for float64 inputs with x64 enabled:
+  16-bit scores would tie checkpoints that float32 ones tell apart.
+* magnitudes: any finite values. The feature measures other than `linear_probe` first multiply
+  the features by the power of two that brings their largest magnitude into [0.5, 1) (exact),
+  so nothing overflows or underflows in float32. Of these, the scale-invariant ones (`logme`,
+  `h_score`, `shrinkage_h_score`, `knn`, `parc`) give the same score at every magnitude; the
+  others have a constant in feature units and say in their docstrings what it does to small or
+  large features (`gbc`'s variance floor, `nleep`'s `reg_covar`, `transrate`'s `eps`, `sfda`'s
+  adaptive shrinkage). `linear_probe` standardises its features in float32 as given, which
+  needs magnitudes roughly between 1e-18 and 1e17.
+* NaN or inf anywhere, complex values, a wrong shape: a `ValueError` naming the argument and the
+  problem (on concrete inputs; a traced input cannot be inspected).
 """
 
 import dataclasses
@@ -15,6 +31,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ckpt_rank import registry
 from ckpt_rank.measures._gbc import gbc
@@ -36,6 +53,7 @@ from ckpt_rank.measures._nleep import NLEEPResult
 from ckpt_rank.measures._parc import parc
 from ckpt_rank.measures._sfda import sfda
 from ckpt_rank.measures._transrate import transrate
+from ckpt_rank.measures import _validation
 
 # What a measure consumes from a checkpoint.
 FEATURES = 'features'            # [N, D] pooled pre-logits.
@@ -85,10 +103,20 @@ class Measure:
       if source_logits is None:
         raise ValueError(f'Measure {self.spec} needs source-classifier logits; this checkpoint '
                          'has no head.')
-      if self.input == SOURCE_PROBS:
-        inputs = jax.nn.softmax(jnp.asarray(source_logits, jnp.float32), axis=-1)
+      if not _validation.is_concrete(source_logits):
+        logits = jnp.asarray(source_logits)
+        inputs = (jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+                  if self.input == SOURCE_PROBS else jnp.argmax(logits, axis=-1))
       else:
-        inputs = jnp.argmax(jnp.asarray(source_logits), axis=-1)
+        # In float64 NumPy: logits of any finite magnitude (1e200 too) give their softmax, which
+        # a float32 cast first would turn into inf and then NaN.
+        logits = _validation.check_features(source_logits, 'source_logits', min_examples=1)
+        logits = logits.astype(np.float64)
+        if self.input == SOURCE_PROBS:
+          shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+          inputs = (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+        else:
+          inputs = np.argmax(logits, axis=-1)
     extra = {'key': key} if (self.uses_key and key is not None) else {}
     return self(inputs, labels, **extra)
 

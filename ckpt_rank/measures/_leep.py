@@ -50,8 +50,8 @@ def leep(source_probs, labels, *, num_classes: Optional[int] = None) -> jnp.ndar
     num_classes: C; inferred from `labels` when they are concrete. Required under `jit`/`vmap`.
 
   Returns:
-    A scalar, the mean log expected empirical prediction, in the dtype of `source_probs`
-    (float32 unless x64 is on).
+    A scalar, the mean log expected empirical prediction: float32, or float64 for float64
+    probabilities under x64 (16-bit and integer ones are computed in float32).
 
   References:
     Nguyen et al., "LEEP: A New Measure to Evaluate Transferability of Learned Representations",
@@ -61,8 +61,8 @@ def leep(source_probs, labels, *, num_classes: Optional[int] = None) -> jnp.ndar
     source_probs = _validation.check_probs(source_probs)
   labels, num_classes = _validation.resolve_labels(labels, jnp.shape(source_probs)[0],
                                                    num_classes, 'leep')
-  return _leep_kernel(jnp.asarray(source_probs, _validation.float_dtype(source_probs)), jnp.asarray(labels),
-                      num_classes)
+  return _leep_kernel(jnp.asarray(source_probs, _validation.float_dtype(source_probs)),
+                      jnp.asarray(labels), num_classes)
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'num_source_classes'))

@@ -20,15 +20,23 @@ def is_concrete(*arrays) -> bool:
   return not any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
+def _is_float(dtype) -> bool:
+  """Real floating dtypes, NumPy's and the ml_dtypes ones JAX adds (bfloat16, float8 types)."""
+  return bool(jax.numpy.issubdtype(dtype, jax.numpy.floating))
+
+
 def _as_numeric(array, name: str) -> np.ndarray:
   arr = np.asarray(array)
-  if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+  if np.issubdtype(arr.dtype, np.complexfloating):
+    raise ValueError(f'{name} must be real, got complex dtype {arr.dtype}.')
+  if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+                                 or _is_float(arr.dtype)):
     raise ValueError(f'{name} must be a numeric array, got dtype {arr.dtype}.')
   return arr
 
 
 def check_finite(arr: np.ndarray, name: str) -> None:
-  if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+  if _is_float(arr.dtype) and not np.all(np.isfinite(arr)):
     bad = np.argwhere(~np.isfinite(arr))
     num_nan = int(np.isnan(arr).sum())
     num_inf = int(np.isinf(arr).sum())
@@ -75,7 +83,7 @@ def check_labels(labels, num_examples: int, num_classes: Optional[int] = None,
                      '(length mismatch).')
   if arr.dtype == np.bool_:
     raise ValueError(f'{name} must hold integer class indices, got booleans.')
-  if np.issubdtype(arr.dtype, np.inexact):
+  if _is_float(arr.dtype):
     check_finite(arr, name)
     if not np.all(arr == np.round(arr)):
       raise ValueError(f'{name} must hold integer class indices; found non-integer values such as '
@@ -107,9 +115,14 @@ def check_probs(probs, name: str = 'source_probs') -> np.ndarray:
   if arr.min() < 0 or arr.max() > 1:
     raise ValueError(f'{name} must be probabilities in [0, 1]; found values in '
                      f'[{arr.min():.4g}, {arr.max():.4g}] (pass softmax(logits), not logits).')
-  sums = arr.sum(axis=1, dtype=np.float64)
+  sums = arr.astype(np.float64).sum(axis=1)
   worst = int(np.argmax(np.abs(sums - 1)))
-  if abs(sums[worst] - 1) > PROB_SUM_ATOL:
+  # Rounding probabilities that sum to 1 to a narrow float type moves each by at most eps / 2 of
+  # itself, so their sum by at most eps / 2 (bfloat16: 0.004); eps leaves as much again for the
+  # rounding of the softmax before.
+  eps = float(jax.numpy.finfo(arr.dtype).eps) if _is_float(arr.dtype) else 0.0
+  atol = max(PROB_SUM_ATOL, eps)
+  if abs(sums[worst] - 1) > atol:
     raise ValueError(f'{name} rows must sum to 1; row {worst} sums to {sums[worst]:.6g}.')
   return arr
 
@@ -126,6 +139,52 @@ def resolve_labels(labels, num_examples: int, num_classes: Optional[int], measur
 
 
 def float_dtype(x):
-  """The floating dtype to compute in: x's own if floating, else float32."""
+  """The floating dtype to compute in and return scores in: float64 for float64 x, else float32.
+
+  float64 only where JAX has it (x64 enabled). Integer, boolean and 16-bit floating inputs all
+  give float32: a score rounded to the 3 significant digits of float16 (2 of bfloat16) would tie
+  checkpoints that a float32 score tells apart, and LAPACK has no 16-bit routines.
+  """
   dtype = jax.numpy.result_type(x)
-  return dtype if jax.numpy.issubdtype(dtype, jax.numpy.floating) else jax.numpy.float32
+  if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+    return jax.numpy.dtype(jax.numpy.float32)
+  return jax.numpy.promote_types(dtype, jax.numpy.float32)
+
+
+def rescale(features):
+  """Features times a power of two 2^-e that brings their largest magnitude into [0.5, 1).
+
+  Multiplying by a power of two is exact in binary floating point, except for entries below
+  2^-125 times the largest one, which become subnormal in float32 (far below what a float32
+  computation resolves next to the largest entry). So a measure that is invariant to the scale
+  of its features gives the same score on the rescaled ones, and a measure with a constant in
+  feature units (a variance floor, a ridge) scales that constant by the same 2^-e, or 2^-2e for
+  squared units. Without it, float32 products of features of magnitude 1e19 overflow (float32's
+  largest number is 3.4e38) and those of magnitude 1e-20 underflow to 0.
+
+  Concrete inputs are rescaled in NumPy before anything is cast to the measure's float type, so
+  that any finite float64 input works even where JAX has no float64 (x64 disabled); traced ones
+  in JAX. The scale is taken over the last two axes ([N, D] features, or [M, N, D] stacks: one e
+  per feature set). All-zero features keep e = 0.
+
+  Args:
+    features: [..., N, D] real numeric array, finite (check it first).
+
+  Returns:
+    (scaled, e): for concrete input, a NumPy array (float64 for float64 and integer features,
+    float32 for narrower ones) and an int (or an int array of the leading shape); for traced
+    input, a JAX array in `float_dtype(features)` and an int32 array.
+  """
+  if is_concrete(features):
+    arr = np.asarray(features)
+    wide = np.float64 if arr.dtype == np.float64 or not _is_float(arr.dtype) else np.float32
+    arr = arr.astype(wide)
+    peak = np.max(np.abs(arr), axis=(-2, -1)) if arr.size else np.zeros(arr.shape[:-2], wide)
+    exponent = np.where(peak > 0, np.frexp(peak)[1], 0).astype(np.int32)
+    scaled = np.ldexp(arr, -exponent[..., None, None])
+    return scaled.astype(wide), (int(exponent) if exponent.ndim == 0 else exponent)
+  x = jax.numpy.asarray(features)
+  x = x.astype(float_dtype(x))
+  peak = jax.numpy.max(jax.numpy.abs(x), axis=(-2, -1))
+  exponent = jax.numpy.where(peak > 0, jax.numpy.frexp(peak)[1], 0).astype(jax.numpy.int32)
+  return jax.numpy.ldexp(x, -exponent[..., None, None]), exponent
