@@ -18,6 +18,17 @@ scalars and then sums the log terms over the one scalar, i.e. counts that term o
 times; that is not the Bhattacharyya distance of the spherical Gaussians, and this module does not
 reproduce it.
 
+Scale. The variance floor 1e-4 is in squared feature units, so GBC is not scale-invariant: it
+is for features whose class variances all exceed the floor, while features a hundred times
+smaller than unit scale have every variance floored and every class overlapping (GBC near
+-C(C - 1)). To compute in float32 whatever the magnitude, the features are first multiplied by a
+power of two 2^-e that brings their largest magnitude into [0.5, 1) (`_validation.rescale`,
+exact) and the floor by 2^-2e, the same value in the new units. A floor that leaves float32's
+range that way is clamped into [smallest normal float32, 2^100]: at 2^100 every Bhattacharyya
+distance is below 2^-60 (the rescaled means differ by at most 2 in each of k < 2^30 dimensions)
+and its exp(-D_B) is 1 in float32, as with any larger floor; a floor below the smallest normal
+number meets only exactly-zero class variances, whose pairs come out separated either way.
+
 Precision: float32 (float64 for float64 features under x64); all work is one eigendecomposition
 (the PCA) and [C, C, k] element-wise arithmetic.
 """
@@ -43,8 +54,11 @@ def gbc_pca_dim(num_examples: int, num_dims: int, pca_dim: int) -> int:
 
 
 def gbc_from_reduced(reduced: jax.Array, labels: jax.Array, num_classes: int,
-                     gaussian_type: str) -> jax.Array:
-  """GBC of [N, k] already-reduced features; classes without examples are left out."""
+                     gaussian_type: str, variance_floor=VARIANCE_FLOOR) -> jax.Array:
+  """GBC of [N, k] already-reduced features; classes without examples are left out.
+
+  `variance_floor` is the floor of the class variances in the units of `reduced`.
+  """
   k = reduced.shape[1]
   dtype = reduced.dtype
   onehot = jax.nn.one_hot(labels, num_classes, dtype=dtype)  # [N, C]
@@ -54,7 +68,7 @@ def gbc_from_reduced(reduced: jax.Array, labels: jax.Array, num_classes: int,
   means = onehot.T @ reduced / safe_counts  # [C, k]
   # Two passes (mean, then squared deviations): no E[x^2] - mean^2 cancellation in float32.
   var = onehot.T @ (reduced - means[labels])**2 / safe_counts
-  var = jnp.maximum(var, VARIANCE_FLOOR)
+  var = jnp.maximum(var, variance_floor)
   if gaussian_type == 'spherical':
     var = var.mean(1, keepdims=True)  # [C, 1], broadcast over the k dimensions below.
   avg = 0.5 * (var[:, None, :] + var[None, :, :])  # [C, C, k] or [C, C, 1]
@@ -70,11 +84,15 @@ def gbc_from_reduced(reduced: jax.Array, labels: jax.Array, num_classes: int,
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'pca_dim', 'gaussian_type'))
-def _gbc_kernel(features, labels, *, num_classes, pca_dim, gaussian_type):
+def _gbc_kernel(features, labels, exponent, *, num_classes, pca_dim, gaussian_type):
+  """GBC of features rescaled by 2^-exponent (see the module docstring, "Scale")."""
+  dtype = features.dtype
+  floor = jnp.clip(jnp.ldexp(jnp.asarray(VARIANCE_FLOOR, dtype), -2 * exponent),
+                   jnp.finfo(dtype).tiny, 2.0**100)
   axes, _ = _nleep.pca_basis(features)
   centred = features - features.mean(axis=0)
   reduced = jnp.matmul(centred, axes[:, :pca_dim], precision=jax.lax.Precision.HIGHEST)
-  return gbc_from_reduced(reduced, labels, num_classes, gaussian_type)
+  return gbc_from_reduced(reduced, labels, num_classes, gaussian_type, variance_floor=floor)
 
 
 def gbc(features, labels, *, pca_dim: int = 64, gaussian_type: str = 'spherical',
@@ -88,7 +106,9 @@ def gbc(features, labels, *, pca_dim: int = 64, gaussian_type: str = 'spherical'
   case.
 
   The PCA dimension actually used is min(pca_dim, N, D) (`gbc_pca_dim`), as scikit-learn's PCA
-  allows no more. Deterministic: no random choice.
+  allows no more. Deterministic: no random choice. Not scale-invariant: the class variances are
+  floored at 1e-4 in squared feature units (the paper's code), so features well below unit scale
+  score near -C(C - 1); any finite magnitude is computed without overflow (module docstring).
 
   Args:
     features: [N, D] pooled pre-logit features.
@@ -99,7 +119,7 @@ def gbc(features, labels, *, pca_dim: int = 64, gaussian_type: str = 'spherical'
       examples are left out of the sum.
 
   Returns:
-    A scalar in the features' floating dtype (float32 unless x64 is on and they are float64).
+    A scalar, float32 (float64 for float64 features under x64).
 
   References:
     Pándy, Agostinelli, Uijlings, Ferrari, Mensink, "Transferability Estimation using Bhattacharyya
@@ -114,7 +134,8 @@ def gbc(features, labels, *, pca_dim: int = 64, gaussian_type: str = 'spherical'
     features = _validation.check_features(features)
   n, d = jnp.shape(features)
   labels, num_classes = _validation.resolve_labels(labels, n, num_classes, 'gbc')
-  dtype = jnp.promote_types(_validation.float_dtype(features), jnp.float32)
+  dtype = _validation.float_dtype(features)
+  features, exponent = _validation.rescale(features)
   return _gbc_kernel(jnp.asarray(features, dtype), jnp.asarray(labels, jnp.int32),
-                     num_classes=num_classes, pca_dim=gbc_pca_dim(n, d, pca_dim),
-                     gaussian_type=gaussian_type)
+                     jnp.asarray(exponent, jnp.int32), num_classes=num_classes,
+                     pca_dim=gbc_pca_dim(n, d, pca_dim), gaussian_type=gaussian_type)

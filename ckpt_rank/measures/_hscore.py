@@ -27,6 +27,11 @@ Pseudo-inverse: eigenvalues at or below `rcond * l_max` count as zero. The defau
 max(N, D) * float64 eps (the array-API default of `pinv`), not the 1e-15 of some public copies,
 which lets rounding noise of an exact zero (a dead dimension) into the inverse.
 
+Scale: both scores are invariant to multiplying the features by a constant (rcond is relative,
+and the Ledoit-Wolf shrinkage is scale-free). The features are first multiplied by the power of
+two that brings their largest magnitude into [0.5, 1) (`_validation.rescale`, exact), so that any
+finite magnitude works, also one whose squares would overflow float64.
+
 Precision: centring, the Gram matrix, the eigendecomposition and the sums run in float64 (inside
 `jax.enable_x64`): 1 / l_j amplifies float32 eigenvalue errors of about 1e-7 l_max. Returned as
 float32 (float64 for float64 features).
@@ -103,10 +108,9 @@ def _prepare(features, labels, num_classes, measure):
     features = _validation.check_features(features)
   labels, num_classes = _validation.resolve_labels(labels, jnp.shape(features)[0], num_classes,
                                                    measure, min_per_class=1)
-  features = jnp.asarray(features)
-  if not jnp.issubdtype(features.dtype, jnp.floating):
-    features = features.astype(jnp.float32)
-  return features, jnp.asarray(labels, jnp.int32), num_classes
+  dtype = _validation.float_dtype(features)
+  features, _ = _validation.rescale(features)  # Exact; both H-scores are scale-invariant.
+  return jnp.asarray(features, dtype), jnp.asarray(labels, jnp.int32), num_classes
 
 
 def h_score(features, labels, *, num_classes: Optional[int] = None,

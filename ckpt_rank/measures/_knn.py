@@ -75,6 +75,10 @@ def knn(features, labels, *, k: int = 5, metric: str = 'cosine', num_classes: Op
   NaN). 'l2' ranks by Euclidean distance. The distances are computed for `block_size` queries at a
   time (the last block padded and masked), so memory is O(block_size * N), never O(N^2).
   Precision: float32, or float64 for float64 features under x64 (16-bit features are upcast).
+  Scale-invariant: neither metric's neighbour order changes when the features are multiplied by
+  a constant, and the features are first multiplied by the power of two that brings their
+  largest magnitude into [0.5, 1) (`_validation.rescale`, exact), so that squared norms neither
+  overflow (features of magnitude 1e19) nor underflow (1e-20) in float32.
 
   Args:
     features: [N, D] features of the target examples.
@@ -102,6 +106,7 @@ def knn(features, labels, *, k: int = 5, metric: str = 'cosine', num_classes: Op
       block_size < 1):
     raise ValueError(f'knn: block_size must be a positive integer, got {block_size!r}.')
   labels, num_classes = _validation.resolve_labels(labels, n, num_classes, 'knn')
-  dtype = jnp.promote_types(_validation.float_dtype(features), jnp.float32)  # No 16-bit math.
+  dtype = _validation.float_dtype(features)  # No 16-bit math.
+  features, _ = _validation.rescale(features)
   return _knn_kernel(jnp.asarray(features, dtype), jnp.asarray(labels, jnp.int32), k=int(k),
                      metric=metric, num_classes=num_classes, block_size=int(block_size))

@@ -27,7 +27,11 @@ are rounding noise of exact zeros and are set to 0 (with p_j = 0).
 Scale invariance: F -> c F maps the optimum (alpha, beta) to (c^2 alpha, beta) and leaves L
 unchanged. Nothing here adds an absolute constant to a quantity in feature units: the start
 alpha_0 = mean eigenvalue (beta_0 = 1), the zero-eigenvalue cutoff and the convergence test are
-all relative, and the only floor (on the residual) is in label units.
+all relative, and the only floor (on the residual) is in label units. The features are first
+multiplied by the power of two that brings their largest magnitude into [0.5, 1)
+(`_validation.rescale`, exact), so that any finite magnitude works, also one whose squares would
+overflow float64. The optimum's alpha is converted back to the caller's units (F = 2^e F'
+has alpha = 4^e alpha'); beta is in label units and does not change.
 
 Precision: the Gram matrix, the eigendecomposition, the fixed point and the evidence run in
 float64 (inside `jax.enable_x64`, whatever the global setting, see `float64_kernel`): the
@@ -183,7 +187,8 @@ def _fit_class(eigvals, proj_sq, target_sq, num_examples, num_dims, max_iters, t
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'max_iters'))
-def _logme_kernel(features, labels, tol, num_classes, max_iters):
+def _logme_kernel(features, labels, tol, exponent, num_classes, max_iters):
+  """LogME of features rescaled by 2^-exponent; alpha is returned in the unscaled units."""
   out_dtype = _validation.float_dtype(features)
   with jax.enable_x64(True):
     feats = jnp.asarray(features, jnp.float64)
@@ -199,7 +204,7 @@ def _logme_kernel(features, labels, tol, num_classes, max_iters):
     score = jnp.sum(evidence) / (n * jnp.sum(present))
     return LogMEResult(
         score=score.astype(out_dtype), evidence=evidence.astype(out_dtype),
-        alpha=alpha.astype(out_dtype), beta=beta.astype(out_dtype),
+        alpha=jnp.ldexp(alpha, 2 * exponent).astype(out_dtype), beta=beta.astype(out_dtype),
         num_iters=jnp.max(iters).astype(jnp.int32), converged=jnp.all(converged | ~present))
 
 
@@ -217,11 +222,11 @@ def logme_fit(features, labels, *, num_classes: Optional[int] = None,
     raise ValueError(f'logme: max_iters must be >= 1, got {max_iters}.')
   if not 0 <= float(tol) < 1:
     raise ValueError(f'logme: tol must be in [0, 1), got {tol}.')
-  features = jnp.asarray(features)
-  if not jnp.issubdtype(features.dtype, jnp.floating):
-    features = features.astype(jnp.float32)
+  dtype = _validation.float_dtype(features)
+  features, exponent = _validation.rescale(features)  # Exact; LogME is scale-invariant.
   kernel = float64_kernel(_logme_kernel, num_classes=num_classes, max_iters=int(max_iters))
-  return kernel(features, jnp.asarray(labels, jnp.int32), jnp.asarray(tol, jnp.float32))
+  return kernel(jnp.asarray(features, dtype), jnp.asarray(labels, jnp.int32),
+                jnp.asarray(tol, jnp.float32), jnp.asarray(exponent, jnp.int32))
 
 
 def logme(features, labels, *, num_classes: Optional[int] = None,

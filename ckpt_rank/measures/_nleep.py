@@ -14,11 +14,25 @@ every component's log-density, which cancels in the posteriors, and the reported
 log-determinants are computed over the active dimensions only. Results are exactly those of the
 unpadded problem (up to float rounding).
 
-Precision: the computation runs in the floating dtype of the features (float32 unless the caller
-passes float64 with x64 enabled). In float32 a component whose covariance is numerically singular
-(fewer points than dimensions) can fail its Cholesky factorisation; such a component is refactored
-with a larger ridge (1e-4 of its mean variance) and the event is counted in
-`NLEEPResult.num_regularized`, never silently turned into NaN.
+Precision: the computation runs in float32, or float64 for float64 features with x64 enabled
+(integer and 16-bit features in float32: LAPACK has no 16-bit routines). In float32 a component
+whose covariance is numerically singular (fewer points than dimensions) can fail its Cholesky
+factorisation; such a component is refactored with a larger ridge (1e-4 of its mean variance)
+and the event is counted in `NLEEPResult.num_regularized`, never silently turned into NaN.
+
+Scale: `reg_covar` is in squared feature units, so NLEEP is not scale-invariant: features far below
+unit scale (PCA variances below reg_covar) get posteriors that do not depend on the example, and the
+score is the mean over examples of log(n_y / N), the frequency of the example's class (log(1/C) for
+balanced classes). Every other step is scale-invariant: PCA and its energy rule, k-means and its
+tolerance (relative to the points' variance), the EM stopping test (on a change of the mean
+log-likelihood, which scaling shifts by a constant) and the fallback ridge (relative). So each
+feature set is multiplied by the power of two 2^-e that brings its largest magnitude into [0.5, 1)
+(`_validation.rescale`, exact) and reg_covar by 2^-2e, the same problem in the new units, computed
+in float32 without overflow (features of magnitude 1e19) or underflow (1e-20); the reported
+log-likelihood is taken back to the caller's units. A ridge that grows past 2^60 that way is capped
+there: the rescaled points lie within 2 sqrt(D) of each other, so under a ridge of 2^60 their
+Mahalanobis distances differ by less than 2^-26 (for D < 2^30) and the responsibilities are those of
+any larger ridge to float32 precision.
 
 Memory: by default each fit holds [N, V] arrays (and [N, V, d] ones for full covariances) at
 once. With `chunk_size` = c, k-means, EM and the final LEEP run over chunks of c rows in
@@ -40,6 +54,8 @@ from ckpt_rank.measures import _validation
 COVARIANCE_TYPES = ('full', 'diag', 'spherical')
 COMPONENT_RULES = ('per_class', 'pactran')
 _PCA_DIM_BUCKET = 8
+# reg_covar in the rescaled units is capped here (see "Scale" in the module docstring).
+_MAX_SCALED_REG_COVAR = 2.0**60
 
 
 class NLEEPResult(NamedTuple):
@@ -643,11 +659,17 @@ def _leep_chunked(points, labels, mixture, num_active, covariance_type, num_clas
 # ----------------------------------------------------------------------------------------------
 # NLEEP kernels.
 # ----------------------------------------------------------------------------------------------
-def _nleep_single(features, labels, key, axes, pca_dim, *, num_classes, num_components,
-                  requested_components, covariance_type, max_iters, tol, reg_covar,
-                  kmeans_iters, chunk_size) -> NLEEPResult:
-  """NLEEP of one feature set and one key; `axes` [D, d_max] holds >= pca_dim principal axes."""
+def _nleep_single(features, labels, key, axes, pca_dim, exponent, *, num_classes,
+                  num_components, requested_components, covariance_type, max_iters, tol,
+                  reg_covar, kmeans_iters, chunk_size) -> NLEEPResult:
+  """NLEEP of one feature set and one key; `axes` [D, d_max] holds >= pca_dim principal axes.
+
+  The features are the caller's times 2^-exponent and `reg_covar` is in the caller's units (see
+  "Scale" in the module docstring).
+  """
   active = (jnp.arange(axes.shape[1]) < pca_dim).astype(features.dtype)
+  reg_covar = jnp.minimum(jnp.ldexp(jnp.asarray(reg_covar, features.dtype), -2 * exponent),
+                          _MAX_SCALED_REG_COVAR)
   if chunk_size is None:
     points = ((features - features.mean(axis=0)) @ axes) * active
     log_post, ll, iters, converged, num_reg = fit_gmm(
@@ -666,6 +688,8 @@ def _nleep_single(features, labels, key, axes, pca_dim, *, num_classes, num_comp
     score, ll = _leep_chunked(points, labels, mixture, active.sum(), covariance_type,
                               num_classes, chunk)
   num = features.shape[0]
+  # The mean log-density in the caller's units: p(x) = p'(2^-e x) 2^(-e pca_dim).
+  ll = ll - (exponent * pca_dim).astype(ll.dtype) * np.log(2.0).astype(ll.dtype)
   return NLEEPResult(score, ll, iters, converged, pca_dim, jnp.asarray(num_components, jnp.int32),
                      jnp.asarray(requested_components, jnp.int32), num_reg,
                      jax.random.key_data(key),
@@ -677,15 +701,21 @@ _STATIC = ('num_classes', 'num_components', 'requested_components', 'covariance_
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _nleep_batch_kernel(features, labels, keys, axes, pca_dims, **static) -> NLEEPResult:
-  """[M, N, D] features, [S] keys, [M, D, d_max] axes, [M] dims -> results with dims [M, S]."""
+def _nleep_batch_kernel(features, labels, keys, axes, pca_dims, exponents=None,
+                        **static) -> NLEEPResult:
+  """[M, N, D] features, [S] keys, [M, D, d_max] axes, [M] dims -> results with dims [M, S].
+
+  `exponents` [M]: feature set m is the caller's times 2^-exponents[m] (None: all 0).
+  """
+  if exponents is None:
+    exponents = jnp.zeros(features.shape[0], jnp.int32)
   single = functools.partial(_nleep_single, **static)
-  over_keys = jax.vmap(single, in_axes=(None, None, 0, None, None))
+  over_keys = jax.vmap(single, in_axes=(None, None, 0, None, None, None))
 
   # Full float32 products on accelerators too (no TF32/bf16 passes in the EM statistics).
   with jax.default_matmul_precision('highest'):
-    return jax.vmap(over_keys, in_axes=(0, None, None, 0, 0))(features, labels, keys, axes,
-                                                              pca_dims)
+    return jax.vmap(over_keys, in_axes=(0, None, None, 0, 0, 0))(features, labels, keys, axes,
+                                                                 pca_dims, exponents)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -817,7 +847,8 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
     covariance_type: 'full' (paper), 'diag' or 'spherical'.
     max_iters: EM iteration cap (paper: 100).
     tol: stop when the mean log-likelihood changes by less than this (paper: 1e-3).
-    reg_covar: added to every covariance diagonal (paper: 1e-6).
+    reg_covar: added to every covariance diagonal (paper: 1e-6), in squared feature units (see
+      "Scale" in the module docstring).
     kmeans_iters: Lloyd iteration cap of the k-means initialisation.
     chunk_size: None holds [N, V] (and, for full covariances, [N, V, d]) arrays of every fit at
       once. An int computes k-means, EM and LEEP over chunks of this many examples, so that the
@@ -860,7 +891,10 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
     features = feats
   elif jnp.ndim(features) == 2:
     features = features[None]
-  features = jnp.asarray(features, _validation.float_dtype(features))
+  dtype = _validation.float_dtype(features)
+  features, exponents = _validation.rescale(features)
+  features = jnp.asarray(features, dtype)
+  exponents = jnp.asarray(exponents, jnp.int32)
   _, n, d = features.shape
   labels, num_classes = _validation.resolve_labels(labels, n, num_classes, 'nleep')
   num_components, requested = num_mixture_components(
@@ -888,7 +922,7 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
                 chunk_size=None if chunk_size is None else int(chunk_size))
   labels = jnp.asarray(labels, jnp.int32)
 
-  def kernel(feats, kernel_axes, dims):
+  def kernel(feats, kernel_axes, dims, exps):
     options = static
     if memory_budget is not None:  # The chunk that fits this kernel's fits on one device.
       per_device = -(-feats.shape[0] // (1 if mesh is None else mesh.size))
@@ -898,14 +932,14 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
           dtype_bytes=features.dtype.itemsize)
       options = dict(static, chunk_size=None if chunk >= n else chunk)
     if mesh is None:
-      return _nleep_batch_kernel(feats, labels, keys, kernel_axes, dims, **options)
+      return _nleep_batch_kernel(feats, labels, keys, kernel_axes, dims, exps, **options)
     from ckpt_rank import parallel  # pylint: disable=g-import-not-at-top
-    (feats, kernel_axes, dims), size = parallel.shard_leading(
-        tuple(np.asarray(a) for a in (feats, kernel_axes, dims)), mesh)
+    (feats, kernel_axes, dims, exps), size = parallel.shard_leading(
+        tuple(np.asarray(a) for a in (feats, kernel_axes, dims, exps)), mesh)
     shared_labels, key_data = parallel.replicate(
         (np.asarray(labels), np.asarray(jax.random.key_data(keys))), mesh)
     out = _nleep_batch_kernel(feats, shared_labels, jax.random.wrap_key_data(key_data),
-                              kernel_axes, dims, **options)
+                              kernel_axes, dims, exps, **options)
     return jax.tree.map(jnp.asarray, parallel.to_host(out, size))
 
   if max_pca_dim is None and _validation.is_concrete(pca_dims):
@@ -919,7 +953,8 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
       # similar numbers of dims share one compiled kernel.
       width = min(-(-int(dims[members].max()) // _PCA_DIM_BUCKET) * _PCA_DIM_BUCKET, n, d)
       index = np.asarray(members)
-      parts.append(kernel(features[index], axes[index, :, :width], pca_dims[index]))
+      parts.append(kernel(features[index], axes[index, :, :width], pca_dims[index],
+                          exponents[index]))
       order.extend(members)
     if len(parts) == 1:
       return parts[0]
@@ -931,7 +966,7 @@ def nleep_batch(features, labels, *, keys=None, num_classes: Optional[int] = Non
   if max_pca_dim < 1:
     raise ValueError(f'max_pca_dim must be >= 1, got {max_pca_dim}.')
   pca_dims = jnp.minimum(pca_dims, max_pca_dim)
-  return kernel(features, axes[:, :, :max_pca_dim], pca_dims)
+  return kernel(features, axes[:, :, :max_pca_dim], pca_dims, exponents)
 
 
 def _pca_dim_group(dim: int) -> int:

@@ -32,6 +32,16 @@ means together, and centring keeps the products small.
 
 The caller's array is never written to (the paper's code overwrites it during ConfMix).
 
+Scale. With a given lambda SFDA is invariant to multiplying the features by a constant (both
+scatters and their shrinkage targets scale alike, and the discriminant's softmax does not
+change); the adaptive lambda is not, since sigma is in squared feature units: features much
+larger than unit scale get the floor 1e-10, features much smaller get lambda near 1 (both
+scatters shrunk to multiples of the identity). The features are first multiplied by the power of
+two 2^-e that brings their largest magnitude into [0.5, 1) (`_validation.rescale`, exact) and
+sigma is taken back to the caller's units (times 4^e): lambda is that of the caller's units at
+every finite magnitude (the floor where 4^e sigma overflows), and the scatters never leave
+float64's range.
+
 Precision: float64 throughout (under `jax.enable_x64` inside the call); S_w of pretrained features
 is ill-conditioned and lambda is often tiny. If the Cholesky factorisation of S_w' fails (a
 singular S_w, e.g. a constant feature with lambda ~ 0), it is refactored with a ridge of 1e-8 of
@@ -103,7 +113,8 @@ def _posteriors(x, means, within, log_priors, shrinkage):
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'adaptive'))
-def _sfda_kernel(features, labels, shrinkage, *, num_classes, adaptive):
+def _sfda_kernel(features, labels, shrinkage, exponent, *, num_classes, adaptive):
+  """SFDA of features rescaled by 2^-exponent (see "Scale" in the module docstring)."""
   n = features.shape[0]
   x = features - features.mean(axis=0)
   onehot = jax.nn.one_hot(labels, num_classes, dtype=x.dtype)
@@ -111,8 +122,10 @@ def _sfda_kernel(features, labels, shrinkage, *, num_classes, adaptive):
   log_priors = jnp.log(counts / n)  # -inf for an absent class: its probability is 0.
   means, within = _class_statistics(x, onehot, labels)
   if adaptive:
-    shrinkage = jnp.maximum(jnp.exp(-_SHRINKAGE_RATE * largest_eigenvalue_estimate(within)),
-                            _MIN_SHRINKAGE)
+    # sigma in the caller's units: 4^e times that of the rescaled features (inf when that
+    # overflows, giving exp(-inf) = 0 and the floor, as the true sigma would).
+    sigma = jnp.ldexp(largest_eigenvalue_estimate(within), 2 * exponent)
+    shrinkage = jnp.maximum(jnp.exp(-_SHRINKAGE_RATE * sigma), _MIN_SHRINKAGE)
   probs = _posteriors(x, means, within, log_priors, shrinkage)
   # ConfMix on a new array (the caller's features are untouched), towards the mean of the other
   # present classes' means. Absent classes (num_classes above those present) stay out of the
@@ -163,8 +176,10 @@ def sfda(features, labels, *, shrinkage: Optional[float] = None,
   n = jnp.shape(features)[0]
   labels, num_classes = _validation.resolve_labels(labels, n, num_classes, 'sfda')
   out_dtype = _validation.float_dtype(features)
+  features, exponent = _validation.rescale(features)
   with jax.enable_x64(True):
     score = _sfda_kernel(jnp.asarray(features, jnp.float64), jnp.asarray(labels, jnp.int32),
                          jnp.asarray(0.0 if shrinkage is None else shrinkage, jnp.float64),
-                         num_classes=num_classes, adaptive=shrinkage is None)
+                         jnp.asarray(exponent, jnp.int32), num_classes=num_classes,
+                         adaptive=shrinkage is None)
   return score.astype(out_dtype)

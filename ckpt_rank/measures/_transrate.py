@@ -20,6 +20,15 @@ condition numbers up to 1 + d / eps times the largest eigenvalue of the features
 1e7 at d = 2048 and the default eps for unit-scale features), where float32 Cholesky loses the
 small eigenvalues that the log-determinant sums.
 The score is returned in float32 (float64 for float64 features under x64).
+
+Scale: eps is in squared feature units, so TransRate is not scale-invariant; multiplying the
+features by c is the same as dividing eps by c^2 (features far below unit scale score near 0,
+where the coding rates vanish). The features are first multiplied by the power of two 2^-e that
+brings their largest magnitude into [0.5, 1) (`_validation.rescale`, exact) and eps by 2^-2e, the
+same problem in the new units, so that magnitudes whose squares would overflow or underflow
+float64 still compute. Only when even the rescaled coding-rate matrix would overflow float64
+(for features of magnitude m, roughly when m^2 / eps exceeds 1e290) does it raise a ValueError;
+under jit/vmap, where that cannot be checked, the result is then NaN.
 """
 
 import functools
@@ -61,8 +70,11 @@ def class_table(labels: jax.Array, num_classes: int, max_class_size: int) -> jax
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'max_class_size'))
-def _transrate_kernel(features, labels, eps, *, num_classes, max_class_size):
+def _transrate_kernel(features, labels, eps, exponent, *, num_classes, max_class_size):
+  """TransRate of features rescaled by 2^-exponent, eps in the caller's units."""
   n, d = features.shape
+  # eps is in squared feature units: d / (n eps) Z^T Z = 4^e d / (n eps) Z'^T Z' for Z = 2^e Z'.
+  eps = jnp.ldexp(eps, -2 * exponent)
   z = features - features.mean(axis=0)
   whole = _half_logdet_identity_plus(z, d / (n * eps))
   # Finish the whole-set factorisation before the class ones start: two LAPACK calls running at
@@ -129,8 +141,22 @@ def transrate(features, labels, *, eps: float = 1e-4, num_classes: Optional[int]
     raise ValueError(f'transrate: max_class_size must be a positive integer, got '
                      f'{max_class_size!r}.')
   out_dtype = _validation.float_dtype(features)
+  features, exponent = _validation.rescale(features)
+  if _validation.is_concrete(labels) and _validation.is_concrete(exponent):
+    # The largest coefficient times the largest entry of a rescaled Gram matrix (at most
+    # 4 max(n, d): centred entries are below 2 in magnitude) must stay inside float64.
+    counts = np.bincount(np.asarray(labels))
+    d = jnp.shape(features)[1]
+    log2_entry = (np.log2(d / (counts[counts > 0].min() * eps)) + 2 * int(exponent)
+                  + np.log2(4 * max(n, d)))
+    if log2_entry > 1000:
+      raise ValueError(
+          f'transrate: the features (largest magnitude about 2^{int(exponent)}) are too large for '
+          f'eps={eps!r}: the coding-rate matrix I + d / (n eps) Z^T Z would exceed float64\'s '
+          'range (about 2^1000 here). TransRate is not scale-invariant (eps is in squared feature '
+          'units); scale the features down or eps up by the square of the same factor.')
   with jax.enable_x64(True):
     score = _transrate_kernel(jnp.asarray(features, jnp.float64), jnp.asarray(labels, jnp.int32),
-                              jnp.asarray(eps, jnp.float64), num_classes=num_classes,
-                              max_class_size=int(max_class_size))
+                              jnp.asarray(eps, jnp.float64), jnp.asarray(exponent, jnp.int32),
+                              num_classes=num_classes, max_class_size=int(max_class_size))
   return score.astype(out_dtype)

@@ -78,6 +78,23 @@ class GbcTest(parameterized.TestCase):
       self.assertLess(ref, -1e-3)  # A non-trivial value.
       np.testing.assert_allclose(ours, ref, rtol=2e-3, atol=1e-5)
 
+  @parameterized.parameters(1e-30, 1e19, 1e30)
+  def test_any_magnitude_matches_numpy_reference(self, scale):
+    # float32 products of features of magnitude 1e19 overflow; GBC rescales them first. The
+    # floor 1e-4 is in squared feature units: at 1e-30 every class variance is floored and the
+    # classes coincide (-C(C - 1)); at 1e19 and above it is inactive, as at unit scale.
+    features, labels = graded_problem(2.0, spread=3.0)
+    scaled = (features.astype(np.float64) * scale).astype(np.float32)
+    ours = float(_gbc.gbc(scaled, labels, pca_dim=8))
+    ref = gbc_numpy(scaled, labels, pca_dim=8)
+    if scale < 1:
+      self.assertEqual(ref, -12.0)
+    else:
+      # The same float32 PCA as at unit scale (the features are rescaled by a power of two).
+      np.testing.assert_allclose(ref, gbc_numpy(features, labels, pca_dim=8), rtol=1e-6)
+    # As in test_matches_numpy_reference: float32 PCA against the float64 reference.
+    np.testing.assert_allclose(ours, ref, rtol=2e-3, atol=1e-5)
+
   def test_spherical_counts_the_log_determinant_once_per_dimension(self):
     # Trap: the public TF code's spherical form counts the log-determinant term once. With
     # unequal class spreads the two differ; ours is the Bhattacharyya distance of N(mu, v I_k).

@@ -218,6 +218,26 @@ class NleepTest(parameterized.TestCase):
     vmapped = jax.vmap(fn, in_axes=(0, None))(stack, labels)
     np.testing.assert_allclose(vmapped, [eager.score] * 2, atol=1e-4)
 
+  def test_scale_is_a_change_of_units(self):
+    # reg_covar is in squared feature units: features times s with reg_covar times s^2 is the
+    # same problem in other units (computed without overflow: s^2 = 1e38 is near float32's
+    # largest number), and the mean log-density shifts by -pca_dim log(s).
+    features, labels = graded_problem(2.0, n=120, d=8)
+    scale = 1e19
+    plain = measures.nleep_fit(features, labels)
+    scaled = measures.nleep_fit((features.astype(np.float64) * scale).astype(np.float32), labels,
+                                reg_covar=1e-6 * scale**2)
+    self.assertEqual(int(scaled.pca_dim), int(plain.pca_dim))
+    # EM stops when the mean log-likelihood changes by < tol = 1e-3; rounding can move that stop
+    # by one iteration, which changes score and log-likelihood by about as much.
+    np.testing.assert_allclose(scaled.score, plain.score, atol=1e-3)
+    np.testing.assert_allclose(scaled.log_likelihood,
+                               plain.log_likelihood - int(plain.pca_dim) * np.log(scale),
+                               atol=1e-3)
+    # Without the scaled ridge, 1e-6 is nothing against variances of 1e38: the same score too.
+    np.testing.assert_allclose(measures.nleep(features * np.float32(scale), labels), plain.score,
+                               atol=1e-3)
+
   def test_component_cap_is_recorded(self):
     features, labels = graded_problem(2.0, n=24, num_classes=4)
     result = measures.nleep_fit(features, labels)
