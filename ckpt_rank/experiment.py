@@ -222,67 +222,72 @@ def load_ground_truth_table(path: str, config, pool: Sequence[tuple[str, str]]
   return result
 
 
-MISMATCH_CHOICES = ('error', 'leave_out')
+MISMATCH_CHOICES = ('error', 'leave_out', 'finetune')
 
 
 def ground_truth_identity(table: Mapping[str, Mapping[str, Mapping[str, Any]]],
-                          snapshots: Mapping[str, Mapping[str, Any]],
-                          fingerprints: Mapping[str, Mapping[str, str]]
-                          ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, list[str]]]]:
+                          fingerprints: Mapping[str, Mapping[str, str]],
+                          recipes: Mapping[str, str]) -> dict[str, dict[str, str]]:
   """Which table cells were fine-tuned from other weights than the run's checkpoints.
-
-  A checkpoint loaded from files (built-in, ``tfhub:``, ``flax:`` of a fixed path) must have the
-  fingerprint its cell records. A training-stage snapshot is trained by each workdir; its weights
-  differ between CPUs by float32 rounding (see `ckpt_rank.pool`), so it must instead have the
-  cell's recipe fingerprint and probe outputs within `pool.PROBE_TOLERANCE`; a weight fingerprint
-  that differs with them is the same snapshot rounded otherwise, and is reported as such.
 
   Args:
     table: {task: {checkpoint: cell summary}} (skipped cells are ignored).
-    snapshots: {snapshot name: {'recipe', 'probe'}} of this run's pool (`pool.snapshot_records`).
-    fingerprints: {task: {checkpoint: weight fingerprint}} of this run; a checkpoint missing
-      here is not judged by its fingerprint (e.g. before features were computed).
+    fingerprints: {task: {checkpoint: weights fingerprint}} of this run; a checkpoint missing
+      here is not judged.
+    recipes: {snapshot name: recipe fingerprint} of this run's training-stage snapshots
+      (`pool.snapshot_records`); they say why a snapshot's weights differ.
 
   Returns:
-    (mismatched, rounding): {task: {checkpoint: why}} of cells from other weights, and
-    {task: {snapshot: [table fingerprint, this run's]}} of snapshots that differ by rounding only.
+    {task: {checkpoint: why}} of the cells whose fingerprint is not this run's.
   """
-  mismatched, rounding = {}, {}
+  mismatched = {}
   for task, cells in table.items():
     for name, entry in cells.items():
-      if 'skipped' in entry:
+      here = fingerprints.get(task, {}).get(name)
+      if 'skipped' in entry or here is None or entry.get('fingerprint') == here:
         continue
-      recorded, here = entry.get('fingerprint', ''), fingerprints.get(task, {}).get(name)
-      if name in snapshots:
-        same, why = pool_lib.same_snapshot(entry.get('snapshot') or {}, snapshots[name])
-        if not same:
-          mismatched.setdefault(task, {})[name] = f'snapshot: {why}'
-        elif here is not None and recorded != here:
-          rounding.setdefault(task, {})[name] = [recorded, here]
-      elif here is not None and recorded != here:
-        mismatched.setdefault(task, {})[name] = (
-            f'weights fingerprint {recorded or "(none)"} in the table, {here} here')
-  return mismatched, rounding
+      why = f'weights {entry.get("fingerprint") or "(none)"} in the table, {here} here'
+      if name in recipes:
+        recorded = (entry.get('snapshot') or {}).get('recipe')
+        if not recorded:
+          why += '; a snapshot from a table without recipes (an older ckpt_rank)'
+        elif recorded == recipes[name]:
+          why += ('; same snapshot recipe: this CPU rounds the snapshot training otherwise '
+                  '(see ckpt_rank.pool)')
+        else:
+          why += f'; snapshot recipe {recorded} in the table, {recipes[name]} here (other code, ' \
+                 'config or source data)'
+      mismatched.setdefault(task, {})[name] = why
+  return mismatched
 
 
 def _handle_mismatches(config, mismatched: Mapping[str, Mapping[str, str]], table_path: str
-                       ) -> None:
-  """Raises ValueError listing the mismatched cells unless the config leaves them out."""
+                       ) -> str:
+  """What the run does with mismatched cells (config.ground_truth.on_mismatch), or raises.
+
+  Returns:
+    'none' (no mismatch), 'leave_out' or 'finetune'.
+
+  Raises:
+    ValueError: listing the cells, when the config says 'error'.
+  """
   if not mismatched:
-    return
+    return 'none'
   listed = '; '.join(f'{name} on {task}: {why}' for task, cells in mismatched.items()
                      for name, why in cells.items())
-  if config.ground_truth.get('on_mismatch', 'error') == 'leave_out':
-    logging.warning('Leaving out of the rankings the checkpoints whose ground truth came from '
-                    'other weights (config.ground_truth.on_mismatch = "leave_out"): %s', listed)
-    return
-  raise ValueError(
-      f'The ground-truth table {table_path} was fine-tuned from other weights than this run '
-      f'scores: {listed}. Regenerate the table for this pool (`python -m ckpt_rank.finetune '
-      f'--config=<this config> --workdir=DIR`, then point config.ground_truth.table at '
-      f'DIR/ground_truth.json; experiments/offline.py\'s docstring has the command), or leave '
-      f'these checkpoints out of the rankings with --config.ground_truth.on_mismatch=leave_out '
-      f'(report.md and results.json then list them).')
+  mode = config.ground_truth.get('on_mismatch', 'error')
+  if mode == 'error':
+    raise ValueError(
+        f'The ground-truth table {table_path} was fine-tuned from other weights than this run '
+        f'scores: {listed}. Fine-tune these cells in this run with '
+        f'--config.ground_truth.on_mismatch=finetune, leave them out of the rankings with '
+        f'--config.ground_truth.on_mismatch=leave_out (report.md and results.json list them), '
+        f'or regenerate the table for this pool (`python -m ckpt_rank.finetune '
+        f'--config=<this config> --workdir=DIR`, then point config.ground_truth.table at '
+        f'DIR/ground_truth.json).')
+  logging.warning('Ground truth from other weights (config.ground_truth.on_mismatch = %r): %s',
+                  mode, listed)
+  return mode
 
 
 def _ground_truth_message(task: str, name: str, entry: Mapping[str, Any],
@@ -770,12 +775,13 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
   pool = pool_lib.build_pool(config.pool, workdir, data_dir=data_dir)
   table_path = config.ground_truth.table
   committed = None
-  snapshots = pool_lib.snapshot_records(config.pool, workdir)
-  mismatched = {}
-  if table_path:  # Checked before any expensive stage (snapshots: recipe and probe).
+  recipes = {n: r['recipe'] for n, r in pool_lib.snapshot_records(config.pool, workdir).items()}
+  if table_path:  # Checked before any expensive stage; snapshots by their weights already.
     committed = load_ground_truth_table(table_path, config, pool)
-    mismatched, _ = ground_truth_identity(committed, snapshots, {})
-    _handle_mismatches(config, mismatched, table_path)
+    snapshot_fingerprints = {name: load_checkpoint(config, name, spec).fingerprint
+                             for name, spec in pool if name in recipes}
+    _handle_mismatches(config, ground_truth_identity(
+        committed, {task: snapshot_fingerprints for task in config.tasks}, recipes), table_path)
 
   # Features and measures, task by task.
   records, scores = {}, {}
@@ -788,9 +794,26 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
   del loaded
 
   # Ground truth.
+  mismatched, refit = {}, {}
   if committed is not None:
     source = f'committed table {table_path}'
     table, cells = committed, {}
+    fingerprints = {task: {name: records[task][name]['checkpoint']['fingerprint']
+                           for name, _ in pool} for task in config.tasks}
+    mismatched = ground_truth_identity(committed, fingerprints, recipes)
+    if _handle_mismatches(config, mismatched, table_path) == 'finetune':
+      # The run's own cells for these checkpoints, fine-tuned here (or found in this workdir).
+      logging.info('Stage ground truth: fine-tuning %d cell(s) whose table entries came from '
+                   'other weights.', sum(len(c) for c in mismatched.values()))
+      gt = finetune_main.run(config, workdir, command=['ckpt_rank.experiment.run'],
+                             only=[(t, n) for t, c in mismatched.items() for n in c])
+      work.ground_truth_cells_computed = int(gt['cells_computed_this_run'])
+      table = {task: dict(committed[task]) for task in config.tasks}
+      for task, names in mismatched.items():
+        for name in names:
+          table[task][name] = gt['table'][task][name]
+          cells[(task, name)] = _read_json(finetune_main.cell_path(workdir, task, name))
+      refit, mismatched = mismatched, {}
   else:
     logging.info('Stage ground truth: fine-tuning in this run (config.ground_truth.table is "").')
     gt = finetune_main.run(config, workdir, command=['ckpt_rank.experiment.run'])
@@ -799,12 +822,6 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
     table = gt['table']
     cells = {(task, name): _read_json(finetune_main.cell_path(workdir, task, name))
              for task in config.tasks for name, _ in pool}
-  rounding = {}
-  if committed is not None:  # Now with the weights' fingerprints of every checkpoint.
-    fingerprints = {task: {name: records[task][name]['checkpoint']['fingerprint']
-                           for name, _ in pool} for task in config.tasks}
-    mismatched, rounding = ground_truth_identity(committed, snapshots, fingerprints)
-    _handle_mismatches(config, mismatched, table_path)
   accuracies, ground_truth, skipped_ground_truth = {}, [], {}
   for task in config.tasks:
     accuracies[task] = {}
@@ -816,8 +833,10 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
       if name in mismatched.get(task, {}):  # Left out (on_mismatch = 'leave_out').
         continue
       accuracies[task][name] = float(entry['accuracy'])
-      ground_truth.append(_ground_truth_message(task, name, entry, cells.get((task, name)),
-                                                source))
+      ground_truth.append(_ground_truth_message(
+          task, name, entry, cells.get((task, name)),
+          'finetune (this run: the table\'s weights differ)' if name in refit.get(task, {})
+          else source))
 
   # Ranking evaluation: per task and group, then averaged over tasks.
   groups = {ALL_CHECKPOINTS: {'description': 'every checkpoint of the pool',
@@ -844,7 +863,7 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
                  'eval_split': task_info.split(config.eval_role),
                  'ground_truth_skipped': skipped_ground_truth.get(task, {}),
                  'ground_truth_left_out': mismatched.get(task, {}),
-                 'ground_truth_snapshot_rounding': rounding.get(task, {})}))
+                 'ground_truth_fine_tuned_here': refit.get(task, {})}))
   first_task = config.tasks[0]
   for name, spec in pool:
     info = records[first_task][name]['checkpoint']

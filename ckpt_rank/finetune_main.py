@@ -121,8 +121,7 @@ def _protocol(config, task: str, spec: str, snapshot: Optional[Mapping[str, Any]
   """What a cell's numbers depend on; a cell on disk with another protocol is recomputed.
 
   TF-Hub specs add the backend and `finetune_tf.VERSION`; a training-stage snapshot adds its
-  recipe fingerprint (`pool`), so cells fine-tuned from snapshots of another recipe are redone
-  while a snapshot retrained by the same recipe (other rounding) keeps its cells.
+  recipe fingerprint (`pool`), so cells fine-tuned from snapshots of another recipe are redone.
   """
   ft = config.fine_tune
   protocol = {'format_version': FORMAT_VERSION, 'task': task, 'spec': spec,
@@ -178,7 +177,8 @@ def _summary(cell: dict[str, Any]) -> dict[str, Any]:
           'seed': best['settings']['seed'], 'num_train': cell['num_train'],
           'num_eval': cell['num_eval'], 'wall_seconds': cell['wall_seconds'],
           'fingerprint': cell.get('fingerprint', ''),
-          **({'snapshot': cell['snapshot']} if cell.get('snapshot') else {}),
+          **({'snapshot': {'recipe': cell['snapshot']['recipe']}}
+             if cell.get('snapshot') else {}),
           # Every run of the sweep, so that the table alone gives the sweep.
           'sweep': [{'learning_rate': r['settings']['learning_rate'],
                      'steps': r['settings']['steps'], 'accuracy': r['accuracy'],
@@ -270,13 +270,16 @@ def _compute_cell(config, task: str, name: str, spec: str, protocol: dict[str, A
   return cell
 
 
-def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def run(config, workdir: str, *, command: Optional[Sequence[str]] = None,
+        only: Optional[Sequence[tuple[str, str]]] = None) -> dict[str, Any]:
   """Computes (or finds) every ground-truth cell of `config` and writes the table.
 
   Args:
     config: a config like `experiments/offline.py`'s.
     workdir: the output directory (see the module docstring).
     command: the command line to record (default: this process's).
+    only: compute (or find) just these (task, checkpoint) cells; the table then holds only them
+      and is returned, not written (`experiment` fills a committed table's cells with it).
 
   Returns:
     The contents written to ``workdir/ground_truth.json``.
@@ -293,8 +296,11 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dic
   table = {task: {} for task in config.tasks}
   # Cells still to compute, in task order; the processes of a multi-host run split them.
   todo = []
+  wanted = None if only is None else {tuple(cell) for cell in only}
   for task in config.tasks:
     for name, spec in pool:
+      if wanted is not None and (task, name) not in wanted:
+        continue
       path = cell_path(workdir, task, name)
       protocol = _protocol(config, task, spec, snapshots.get(name))
       cell = _read_json(path)
@@ -353,7 +359,8 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None) -> dic
             'pool': [[name, _portable_spec(spec, workdir)] for name, spec in pool],
             'table': table, 'cells_computed_this_run': computed,
             'wall_seconds_this_run': time.perf_counter() - start, 'versions': versions()}
-  _write_json(os.path.join(workdir, TABLE_FILE), result)
+  if wanted is None:
+    _write_json(os.path.join(workdir, TABLE_FILE), result)
   return result
 
 

@@ -20,18 +20,18 @@ Snapshot runs resume: a run whose snapshot directories are all there, with a man
 snapshot is written atomically (`save_flax` renames a finished temporary directory), the manifest
 last; a run whose manifest records another config raises ValueError rather than mixing two pools.
 
-Identity across machines. Snapshot training is deterministic on one machine, but its weights are
-not bitwise the same on another CPU: XLA's CPU kernels block their sums by the cache sizes and
-vector width they find, so the float32 rounding of 300 SGD steps differs (seen: AMD Zen 4 and
-Intel Sapphire Rapids train other bytes from the same code and inputs). A snapshot is therefore
-identified by two records of the manifest, which the ground-truth table copies:
-
-* ``recipe``: a fingerprint of everything that decides the weights up to rounding: the run's
-  config, the base checkpoint's fingerprint, the source images and labels, and the code's
-  `RECIPE_VERSION` (bump it whenever this module or `finetune` changes what training computes);
-* ``probe``: the snapshot's class probabilities on the first `PROBE_IMAGES` source images, which
-  tell apart weights that differ by rounding (probabilities within `PROBE_TOLERANCE`) from
-  weights that come from other code or inputs (see `same_snapshot`).
+Identity across machines. Snapshot training is deterministic on one machine, but not from one CPU
+to another: XLA's CPU kernels block their sums by the cache sizes and vector width they find, so
+the float32 rounding differs (seen: AMD Zen 4 and Intel Sapphire Rapids train other bytes from the
+same code and inputs), and the training is chaotic: perturbing every weight of the base by one
+float32 ulp changes the snapshots' class probabilities on source images by up to 1.0 after 30
+steps. A snapshot trained on another CPU is therefore another checkpoint, and the ground truth of
+one cannot stand for the other: a ground-truth table records each snapshot's weight fingerprint
+(as for every checkpoint) and its ``recipe``, a fingerprint of everything that decides the weights
+but the CPU: the run's config, the base checkpoint's fingerprint, the source images and labels,
+and the code's `RECIPE_VERSION` (bump it whenever this module or `finetune` changes what training
+computes). Equal recipes with other weights say "this CPU", other recipes "other code or inputs";
+`experiment` names which when it refuses a table.
 """
 
 import json
@@ -49,13 +49,6 @@ MANIFEST_VERSION = 2
 # What snapshot training computes: bump with any change to this module's or `finetune`'s training
 # arithmetic, data order or saving, so that tables fine-tuned from older snapshots are refused.
 RECIPE_VERSION = 2
-# Probe: the first source images (real images of the source classes, known without training).
-PROBE_IMAGES = 16
-# Largest difference of a class probability on the probe images between two trainings of one
-# recipe that differ only in float32 rounding. Measured between XLA:CPU kernels for AVX-512 and
-# for AVX2 on one machine (tests/pool_test.py records it): at most PROBE_OBSERVED of a
-# probability; snapshots of other step counts of the same run differ by more than 0.1.
-PROBE_TOLERANCE = 0.02
 _SNAPSHOT_FIELDS = ('base', 'source_task', 'source_classes', 'source_role', 'source_examples',
                     'image_size', 'steps', 'learning_rate', 'batch_size', 'seed')
 _NAME = re.compile(r'^[A-Za-z0-9_.\-]+$')
@@ -185,39 +178,8 @@ def snapshot_recipe(run: str, cfg, *, data_dir: Optional[str] = None,
   return _recipe(spec, base.fingerprint, images, labels)
 
 
-def same_snapshot(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[bool, str]:
-  """Whether two records of one snapshot ({'recipe', 'probe'}) name the same weights up to rounding.
-
-  Returns:
-    (same, why): `why` says what differs (empty when they are the same).
-  """
-  if not a.get('recipe') or not b.get('recipe'):
-    return False, 'no recipe fingerprint recorded (made by an older ckpt_rank)'
-  if a['recipe'] != b['recipe']:
-    return False, f'recipe {a["recipe"]} against {b["recipe"]} (other code, config or inputs)'
-  pa, pb = np.asarray(a.get('probe'), np.float64), np.asarray(b.get('probe'), np.float64)
-  if pa.shape != pb.shape or pa.size == 0:
-    return False, f'probe outputs of shapes {pa.shape} and {pb.shape}'
-  gap = float(np.max(np.abs(pa - pb)))
-  if not gap <= PROBE_TOLERANCE:
-    return False, (f'same recipe, but probe probabilities differ by {gap:.3g} > '
-                   f'{PROBE_TOLERANCE} (more than float32 rounding explains)')
-  return True, ''
-
-
-def _probe(path: str, images: np.ndarray, input_size: int, module_fn) -> list[list[float]]:
-  """Class probabilities of the snapshot saved at `path` on the probe images, rounded to 1e-6."""
-  from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top
-  overrides = {} if module_fn is None else {'module_fn': module_fn}
-  snapshot = checkpoints.load('flax:' + path, input_size=input_size, **overrides)
-  logits = np.asarray(snapshot.logits(images), np.float64)
-  logits -= logits.max(axis=1, keepdims=True)
-  probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-  return np.round(probs, 6).tolist()
-
-
 def snapshot_records(pool_config, workdir: str) -> dict[str, dict[str, Any]]:
-  """{snapshot name: {'recipe', 'probe'}} of the pool's snapshot runs as trained in `workdir`.
+  """{snapshot name: {'recipe'}} of the pool's snapshot runs as trained in `workdir`.
 
   Read from the runs' manifests (`build_pool` writes them); a run not trained yet has no entry.
   """
@@ -225,8 +187,7 @@ def snapshot_records(pool_config, workdir: str) -> dict[str, dict[str, Any]]:
   for run in sorted(pool_config.get('snapshots') or {}):
     manifest = _read_manifest(os.path.join(workdir, 'pool', f'{run}.json')) or {}
     for k in manifest.get('config', {}).get('steps', []):
-      records[f'{run}_step{k}'] = {'recipe': manifest.get('recipe', ''),
-                                   'probe': manifest.get('probes', {}).get(str(k))}
+      records[f'{run}_step{k}'] = {'recipe': manifest.get('recipe', '')}
   return records
 
 
@@ -278,8 +239,6 @@ def build_snapshots(run: str, cfg, workdir: str, *, data_dir: Optional[str] = No
                           mean=prep['mean'], std=prep['std'], name=f'{run}_step{step}')
   record = {'manifest_version': MANIFEST_VERSION, 'recipe_version': RECIPE_VERSION,
             'config': spec, 'recipe': _recipe(spec, base.fingerprint, images, labels),
-            'probes': {str(k): _probe(d, images[:PROBE_IMAGES], spec['image_size'], module_fn)
-                       for k, d in dirs.items()},
             'base_fingerprint': base.fingerprint, 'num_source_images': int(len(labels)),
             'train_loss': list(result.train_loss),
             'final_accuracy_on_128_train_images': result.accuracy,

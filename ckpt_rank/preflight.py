@@ -199,9 +199,9 @@ def validate_config(config) -> None:
     problems.append(f'config.ground_truth.table must be a path or \'\', got '
                     f'{config.ground_truth.table!r}.')
   on_mismatch = config.ground_truth.get('on_mismatch', 'error')
-  if on_mismatch not in ('error', 'leave_out'):
-    problems.append(f'config.ground_truth.on_mismatch must be "error" or "leave_out", got '
-                    f'{on_mismatch!r}.')
+  if on_mismatch not in ('error', 'leave_out', 'finetune'):
+    problems.append(f'config.ground_truth.on_mismatch must be "error", "leave_out" or '
+                    f'"finetune", got {on_mismatch!r}.')
   ks = config.ranking_ks
   if isinstance(ks, (str, int)) or not ks or any(
       isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):

@@ -199,11 +199,11 @@ def _run_lines(results: results_pb2.Results) -> list[str]:
 
 
 def ground_truth_notes(results: results_pb2.Results) -> list[str]:
-  """Sentences on checkpoints whose ground truth came from other weights than their scores.
+  """Sentences on checkpoints whose committed ground truth came from other weights than theirs.
 
   From each task's details (`experiment.run`): `ground_truth_left_out` ({checkpoint: why}, left
-  out of every ranking) and `ground_truth_snapshot_rounding` ({snapshot: [table fingerprint, this
-  run's]}, the same training-stage snapshot retrained on another CPU: ranked).
+  out of every ranking) and `ground_truth_fine_tuned_here` ({checkpoint: why}, fine-tuned by the
+  run instead of taken from the table).
   """
   notes = []
   for task in results.tasks:
@@ -211,14 +211,9 @@ def ground_truth_notes(results: results_pb2.Results) -> list[str]:
     for name, why in sorted((details.get('ground_truth_left_out') or {}).items()):
       notes.append(f'{name} on {task.name} is left out of the rankings: its ground truth was '
                    f'fine-tuned from other weights ({why}).')
-    rounding = details.get('ground_truth_snapshot_rounding') or {}
-    if rounding:
-      notes.append(
-          f'On {task.name}, the snapshots {", ".join(sorted(rounding))} were retrained here with '
-          'the recipe of the ground-truth table (same recipe fingerprint, class probabilities '
-          'within rounding) but their weights differ in float32 rounding from those the table '
-          'was fine-tuned from (another CPU): ' + ', '.join(
-              f'{n} {a} -> {b}' for n, (a, b) in sorted(rounding.items())) + '.')
+    for name, why in sorted((details.get('ground_truth_fine_tuned_here') or {}).items()):
+      notes.append(f'{name} on {task.name}: ground truth fine-tuned in this run, not taken from '
+                   f'the table, which was fine-tuned from other weights ({why}).')
   return notes
 
 

@@ -261,7 +261,8 @@ def get_config(arg=None):
 
   config.ground_truth = ml_collections.ConfigDict()
   config.ground_truth.table = str(arg.table)  # '' = fine-tune in the run (see the docstring).
-  # A table cell fine-tuned from other weights than the run scores: 'error' or 'leave_out'.
+  # A table cell fine-tuned from other weights than the run scores: 'error', 'leave_out' or
+  # 'finetune' (in the run).
   config.ground_truth.on_mismatch = 'error'
 
   # The VTAB recipe (MEASURES.md "Ground truth"): new zero head on the pre-logits, all weights

@@ -137,58 +137,50 @@ class GroundTruthTableTest(parameterized.TestCase):
       experiment.load_ground_truth_table(path, self.config, self.pool)
 
 
-def _probe(seed):
-  return np.random.default_rng(seed).dirichlet(np.ones(5), size=16).round(6).tolist()
-
-
 class GroundTruthIdentityTest(absltest.TestCase):
   """Which cells of a table were fine-tuned from other weights, and what the run does then."""
 
   def setUp(self):
     super().setUp()
-    self.snapshot = {'recipe': 'aaaaaaaaaaaaaaaa', 'probe': _probe(0)}
     self.table = {'t': {
         'lite0': {'accuracy': 0.9, 'fingerprint': 'f0'},
-        'snap': {'accuracy': 0.8, 'fingerprint': 'w_table', 'snapshot': self.snapshot},
+        'snap': {'accuracy': 0.8, 'fingerprint': 'w_table', 'snapshot': {'recipe': 'r1'}},
         'skipped': {'skipped': 'not fine-tunable'}}}
 
   def test_the_same_weights(self):
     self.assertEqual(experiment.ground_truth_identity(
-        self.table, {'snap': self.snapshot}, {'t': {'lite0': 'f0', 'snap': 'w_table'}}), ({}, {}))
+        self.table, {'t': {'lite0': 'f0', 'snap': 'w_table', 'skipped': 'x'}}, {'snap': 'r1'}),
+                     {})
+    # A checkpoint without a fingerprint yet (before features) is not judged.
+    self.assertEqual(experiment.ground_truth_identity(self.table, {}, {'snap': 'r2'}), {})
 
-  def test_a_snapshot_retrained_on_another_cpu_is_rounding(self):
-    here = {'recipe': self.snapshot['recipe'],
-            'probe': (np.array(self.snapshot['probe']) + 1e-4).tolist()}
-    mismatched, rounding = experiment.ground_truth_identity(
-        self.table, {'snap': here}, {'t': {'lite0': 'f0', 'snap': 'w_here'}})
-    self.assertEqual(mismatched, {})
-    self.assertEqual(rounding, {'t': {'snap': ['w_table', 'w_here']}})
-
-  def test_other_weights_are_named(self):
-    other = {'recipe': 'bbbbbbbbbbbbbbbb', 'probe': self.snapshot['probe']}
-    mismatched, _ = experiment.ground_truth_identity(
-        self.table, {'snap': other}, {'t': {'lite0': 'f1', 'snap': 'w_here'}})
+  def test_other_weights_are_named_with_why(self):
+    mismatched = experiment.ground_truth_identity(
+        self.table, {'t': {'lite0': 'f1', 'snap': 'w_here'}}, {'snap': 'r1'})
     self.assertEqual(sorted(mismatched['t']), ['lite0', 'snap'])
-    self.assertIn('f0 in the table, f1 here', mismatched['t']['lite0'])
-    self.assertIn('recipe aaaaaaaaaaaaaaaa against bbbbbbbbbbbbbbbb', mismatched['t']['snap'])
-    # Same recipe, other function: more than rounding.
-    far = {'recipe': self.snapshot['recipe'], 'probe': _probe(1)}
-    mismatched, _ = experiment.ground_truth_identity(self.table, {'snap': far}, {})
-    self.assertIn('probe probabilities differ', mismatched['t']['snap'])
-    # A table from before snapshots recorded their recipe.
+    self.assertEqual(mismatched['t']['lite0'], 'weights f0 in the table, f1 here')
+    self.assertIn('weights w_table in the table, w_here here; same snapshot recipe: this CPU',
+                  mismatched['t']['snap'])
+    mismatched = experiment.ground_truth_identity(self.table, {'t': {'snap': 'w_here'}},
+                                                  {'snap': 'r2'})
+    self.assertIn('snapshot recipe r1 in the table, r2 here (other code', mismatched['t']['snap'])
     old = {'t': {'snap': {'accuracy': 0.8, 'fingerprint': 'w_table'}}}
-    mismatched, _ = experiment.ground_truth_identity(old, {'snap': self.snapshot}, {})
-    self.assertIn('no recipe fingerprint', mismatched['t']['snap'])
+    mismatched = experiment.ground_truth_identity(old, {'t': {'snap': 'w_here'}}, {'snap': 'r1'})
+    self.assertIn('a table without recipes', mismatched['t']['snap'])
 
-  def test_a_mismatch_stops_the_run_unless_left_out(self):
+  def test_what_the_run_does(self):
     config = _offline_config()
-    mismatched = {'t': {'snap': 'snapshot: recipe a against b'}}
-    with self.assertRaisesRegex(ValueError, r'(?s)other weights.*snap on t: snapshot: recipe a '
-                                r'against b.*ckpt_rank.finetune.*on_mismatch=leave_out'):
-      experiment._handle_mismatches(config, mismatched, 'table.json')
-    experiment._handle_mismatches(config, {}, 'table.json')
+    mismatched = {'t': {'snap': 'weights a in the table, b here'}}
+    self.assertEqual(experiment._handle_mismatches(config, {}, 'table.json'), 'none')
+    self.assertEqual(config.ground_truth.on_mismatch, 'finetune')  # The offline default.
+    self.assertEqual(experiment._handle_mismatches(config, mismatched, 'table.json'), 'finetune')
     config.ground_truth.on_mismatch = 'leave_out'
-    experiment._handle_mismatches(config, mismatched, 'table.json')  # Logged, listed, not raised.
+    self.assertEqual(experiment._handle_mismatches(config, mismatched, 'table.json'), 'leave_out')
+    config.ground_truth.on_mismatch = 'error'
+    with self.assertRaisesRegex(ValueError, r'(?s)other weights.*snap on t: weights a in the '
+                                r'table, b here.*on_mismatch=finetune.*on_mismatch=leave_out.*'
+                                r'ckpt_rank.finetune'):
+      experiment._handle_mismatches(config, mismatched, 'table.json')
 
   def test_the_committed_table_records_each_snapshot_and_no_absolute_path(self):
     config = _offline_config()
@@ -198,9 +190,8 @@ class GroundTruthIdentityTest(absltest.TestCase):
     snapshot_names = [n for n, _ in _pool(config) if n not in dict(config.pool.checkpoints)]
     for task in config.tasks:
       for name in snapshot_names:
-        record = table['table'][task][name]['snapshot']
-        self.assertLen(record['recipe'], 16)
-        self.assertEqual(np.array(record['probe']).shape, (16, 5))
+        self.assertLen(table['table'][task][name]['snapshot']['recipe'], 16)
+        self.assertLen(table['table'][task][name]['fingerprint'], 16)
 
     def strings(value):
       if isinstance(value, str):
@@ -265,7 +256,7 @@ class ConfigTest(absltest.TestCase):
       experiment.check_config(config)
     config = _offline_config()
     config.ground_truth.on_mismatch = 'ignore'
-    with self.assertRaisesRegex(ValueError, 'on_mismatch must be "error" or "leave_out"'):
+    with self.assertRaisesRegex(ValueError, 'on_mismatch must be "error", "leave_out" or'):
       experiment.check_config(config)
 
 
