@@ -15,7 +15,7 @@ from ckpt_rank.measures import _parc
 
 
 def reference_pairs(features, labels, pca_dim=32):
-  """The paper's pipeline in float64: ([P] feature dissimilarities, [P] label ones), P pairs i < j."""
+  """The paper's pipeline in float64: [P] feature and label dissimilarities of the pairs i < j."""
   x = features.astype(np.float64)
   k = min(pca_dim, *x.shape)
   x = decomposition.PCA(n_components=k, svd_solver='full').fit_transform(x)
