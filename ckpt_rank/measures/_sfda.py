@@ -17,9 +17,9 @@
    towards the other classes by its own uncertainty, x_i <- p_i x_i + (1 - p_i) nu_{y_i}, with p_i
    its softened probability of the true class and nu_c = sum_{c' != c} mu_c' / (C - 1) the mean of
    the other classes' means (the paper's code: `_class_means` returns these "outer classes
-   means", and ConfMix uses them). Trap: mixing towards the sample's own class mean instead (as
-   this module did before 2026-11-27) makes the refit easier rather than harder; on the offline
-   benchmark's 1280-d features it gave 1.0000 for every checkpoint.
+   means", and ConfMix uses them). Trap: mixing towards the sample's own class mean instead
+   makes the refit easier rather than harder; on the offline benchmark's 1280-d features it
+   gives 1.0000 for every checkpoint.
 3. Refit step 1 on the mixed features with the same lambda; SFDA = mean_i p(y_i | x_i).
 
 Derivation used here. Every eigenvector is kept (the paper's code keeps all D of them: its
