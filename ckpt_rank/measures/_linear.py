@@ -35,6 +35,26 @@ multithreaded OpenBLAS that SciPy ships, whose worker threads spin between calls
 2 s, and the spinning threads then slowed every XLA iteration after them about 3 times (one probe
 at N = 1000, D = 1280, C = 10: 24 s with two OpenBLAS threads, 6 s with one, for the same code).
 
+Reproducibility: the score is a mean of held-out accuracies, so another rounding (another device
+count, instruction set or thread count) changes it by whole held-out examples whose prediction
+flips, where the two best classes' logits are within the rounding's effect of each other. The same
+features give different bits with the device count: XLA:CPU's intra-op thread pool grows with
+`--xla_force_host_platform_device_count` (17 to 29 threads at 8 devices on 2 cores) and its matrix
+products split a long contraction with few outputs (the QR's [32, 1280] x [1280, 32]) across the
+pool, so the sums come out in another order; the compiled program is the same but for how loops are
+partitioned. Each fit stops within `tol` of its optimum, not at it, and another rounding stops
+elsewhere within that; the solver's next quasi-Newton step from the returned point estimates how far
+that is, so a held-out prediction is a near tie when the margin between its two largest logits is at
+most 4 times that step's largest change of its logits (the two runs' distances, on two logits) plus
+the float rounding of the logits. Another rounding can change a (fold, strength) accuracy only
+through near ties, so the accuracy of strength s moves by at most its band b_s, the mean over folds
+of the near-tie fraction (an estimate: the step approximates the remaining distance). The score, the
+best mean accuracy a_best, then moves by at most the largest b_s of the strengths that another run
+could select (a_s + b_s >= a_best - b_best): `linear_probe_result`'s `allowance`. It covers the
+probe's own rounding of the same features; features that themselves differ (extracted in per-device
+batches of another size) move the optimum too, by more where l2 is weak, which it does not bound. On
+100 examples with 5 folds, one flipped prediction moves the score by 0.01.
+
 Float32 details that decide convergence: the cross-entropy is written so that its gradient stays
 accurate for well-fitted examples (`_cross_entropy`), the line search falls back on Hager and
 Zhang's approximate-Wolfe test where f changes by less than its rounding error, and products run
@@ -465,6 +485,9 @@ class _SolverInfo(NamedTuple):
   num_evals: jax.Array       # Objective evaluations (value and gradient), the initial one included.
   grad_max: jax.Array        # max |gradient| at the returned point.
   converged: jax.Array       # grad_max <= tol * (its value at the start).
+  # The next quasi-Newton step from the returned point: the solver's estimate of the remaining
+  # distance to the optimum (the probe turns it into its rounding allowance, then drops it).
+  step: Optional[jax.Array] = None
 
 
 def _minimize_lbfgs(value_and_grad_fn: Callable, x0: jax.Array, *, max_iters, tol,
@@ -596,7 +619,8 @@ def _minimize_lbfgs(value_and_grad_fn: Callable, x0: jax.Array, *, max_iters, to
         evals=st['evals'] + 1, stalled=failed & (st['num_pairs'] == 0), **memory)
 
   final = jax.lax.while_loop(cond, body, init)
-  info = _SolverInfo(final['it'], final['evals'], grad_max(final['g']), done(final['g']))
+  info = _SolverInfo(final['it'], final['evals'], grad_max(final['g']), done(final['g']),
+                     final['direction'])
   return final['x'], info
 
 
@@ -714,15 +738,18 @@ def _pick_formulation(num_features: int, num_fitting_rows: int) -> str:
   return 'row_space' if num_features > num_fitting_rows else 'primal'
 
 
-class _ProbeResult(NamedTuple):
+class ProbeResult(NamedTuple):
+  """`linear_probe_result`: the score with its rounding allowance and the per-fit details."""
   score: jax.Array       # The selected strength's mean held-out accuracy.
   accuracies: jax.Array  # [F, S] held-out accuracy of every (fold, strength) pair.
-  info: _SolverInfo      # Each field [F, S].
+  info: _SolverInfo      # Each field [F, S] (`step` dropped).
+  near_ties: jax.Array   # [F, S] held-out predictions within the fit's tie band (module doc).
+  allowance: jax.Array   # How far another rounding's score can be from `score` (module doc).
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'num_folds', 'formulation'))
 def _probe_kernel(features, labels, key, l2_strengths, max_iters, tol, *, num_classes,
-                  num_folds, formulation='auto') -> _ProbeResult:
+                  num_folds, formulation='auto') -> ProbeResult:
   n, d = features.shape
   dtype = features.dtype
   # Standardise over all examples first: per-fold standardisation is invariant to it, and constant
@@ -764,18 +791,38 @@ def _probe_kernel(features, labels, key, l2_strengths, max_iters, tol, *, num_cl
     params, info = _fit(fit_x, fit_y, fit_w, l2, max_iters=max_iters, tol=tol,
                         num_classes=num_classes, rank=rank,
                         lower_triangular=formulation == 'row_space', grad0_max=grad0_max)
-    predictions = jnp.argmax(_matmul(held_x, params[:-1]) + params[-1], axis=1)
+    logits = _matmul(held_x, params[:-1]) + params[-1]
+    predictions = jnp.argmax(logits, axis=1)
     correct = jnp.sum(held_mask & (predictions == held_y))
-    return (correct / jnp.sum(held_mask)).astype(dtype), info
+    # The tie band (module docstring, "Reproducibility"): 4 times the held-out logits' move under
+    # the solver's remaining step, plus the float rounding of the two logits.
+    step_logits = _matmul(held_x, info.step[:-1]) + info.step[-1]
+    rounding = 2 * jnp.finfo(dtype).eps * held_x.shape[1] * jnp.max(
+        _matmul(jnp.abs(held_x), jnp.abs(params[:-1])) + jnp.abs(params[-1]), axis=1)
+    band = 4 * jnp.max(jnp.abs(step_logits), axis=1) + rounding
+    if num_classes > 1:
+      top_two = jax.lax.top_k(logits, 2)[0]
+      near = held_mask & (top_two[:, 0] - top_two[:, 1] <= band)
+    else:
+      near = jnp.zeros_like(held_mask)
+    held = jnp.sum(held_mask)
+    return ((correct / held).astype(dtype), info._replace(step=None), jnp.sum(near),
+            (jnp.sum(near) / held).astype(dtype))
 
   parts = jax.vmap(fold_parts)(jnp.arange(num_folds))
   per_strength = jax.vmap(fit_and_score, in_axes=(None,) * 7 + (0,))
-  accuracies, info = jax.vmap(per_strength, in_axes=(0,) * 7 + (None,))(*parts, l2_strengths)
+  accuracies, info, near_ties, near_fraction = jax.vmap(
+      per_strength, in_axes=(0,) * 7 + (None,))(*parts, l2_strengths)
   mean_accuracy = accuracies.mean(axis=0)
   # Ties go to the stronger regularisation: look from the strongest strength down.
   strongest_first = jnp.argsort(-l2_strengths, stable=True)
   best = strongest_first[jnp.argmax(mean_accuracy[strongest_first])]
-  return _ProbeResult(mean_accuracy[best], accuracies, info)
+  # Strength s's mean accuracy can move by its band; another run can select s only if its band
+  # reaches the selected one's (module docstring, "Reproducibility").
+  band = near_fraction.mean(axis=0)
+  rival = mean_accuracy + band >= mean_accuracy[best] - band[best]
+  allowance = jnp.max(jnp.where(rival, band, 0))
+  return ProbeResult(mean_accuracy[best], accuracies, info, near_ties, allowance)
 
 
 def _check_int(value, name: str, low: int, high: Optional[int] = None) -> int:
@@ -857,9 +904,25 @@ def linear_probe(features, labels, *, key: Optional[jax.Array] = None,
   return result.score
 
 
+def linear_probe_result(features, labels, *, key: Optional[jax.Array] = None,
+                        num_classes: Optional[int] = None,
+                        l2_strengths: Sequence[float] = DEFAULT_L2_STRENGTHS, num_folds: int = 5,
+                        max_iters: int = DEFAULT_MAX_ITERS,
+                        tol: float = DEFAULT_TOL) -> ProbeResult:
+  """`linear_probe` with its rounding allowance and per-fit details (`ProbeResult`).
+
+  `allowance` is how far the score can be from another rounding's (another device count,
+  instruction set or thread count; module docstring, "Reproducibility"): record it with the score.
+  Arguments as `linear_probe`.
+  """
+  return _linear_probe(features, labels, key=key, num_classes=num_classes,
+                       l2_strengths=l2_strengths, num_folds=num_folds, max_iters=max_iters,
+                       tol=tol)
+
+
 def _linear_probe(features, labels, *, key, num_classes, l2_strengths, num_folds, max_iters,
-                  tol, formulation: str = 'auto') -> _ProbeResult:
-  """`linear_probe` returning the per-pair accuracies and solver information too.
+                  tol, formulation: str = 'auto') -> ProbeResult:
+  """`linear_probe_result` with a choice of formulation.
 
   `formulation` ('auto', 'primal' or 'row_space') forces one of the two exact formulations (tests).
   """
