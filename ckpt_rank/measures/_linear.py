@@ -944,6 +944,9 @@ def _linear_probe(features, labels, *, key, num_classes, l2_strengths, num_folds
   if key is None:
     key = jax.random.PRNGKey(0)
   dtype = jnp.promote_types(_validation.float_dtype(features), jnp.float32)  # No 16-bit math.
+  # An exact power-of-two rescaling (any finite magnitude computes in float32); the probe
+  # standardises its features, so the fit is the same.
+  features, _ = _validation.rescale(features)
   return _probe_kernel(jnp.asarray(features, dtype), jnp.asarray(labels, jnp.int32), key,
                        jnp.asarray(l2_strengths, dtype).reshape(-1), jnp.int32(max_iters),
                        jnp.asarray(tol, dtype), num_classes=num_classes, num_folds=num_folds,

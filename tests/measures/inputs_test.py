@@ -16,7 +16,6 @@ One shape for all cases and float32 computation (x64 off), so each measure compi
 and the file takes about 40 s on 2 cores, most of it compiling the linear probe and NLEEP.
 """
 
-import contextlib
 import warnings
 
 from absl.testing import absltest
@@ -34,12 +33,6 @@ _DTYPES = ('float16', 'bfloat16', 'float32', 'float64', 'int32')
 # Magnitudes of the features (of the logits for LEEP and NCE); float64 beyond float32's range.
 _SCALES = (1e-200, 1e-30, 1e19, 1e30, 1e200)
 _SCALE_INVARIANT = ('h_score', 'shrinkage_h_score', 'logme', 'knn', 'parc', 'linear_probe')
-# Measures whose code does not pass a case yet: the check is expected to fail, and this test
-# fails when it passes (then remove the entry).
-_KNOWN_FAILURES = {
-    ('linear_probe', 'magnitude'): 'ckpt_rank/measures/_linear.py casts the features to float32 '
-                                   'without rescaling them (_validation.rescale) first',
-}
 
 
 def _problem():
@@ -104,13 +97,6 @@ class InputsTest(parameterized.TestCase):
       self.base[name] = float(self._score(name))
     return self.base[name]
 
-  def _known_failure(self, name, case):
-    reason = _KNOWN_FAILURES.get((name, case))
-    if reason is None:
-      return contextlib.nullcontext()
-    return self.assertRaises(AssertionError, msg=f'{name} passes the {case} case now; remove it '
-                             f'from _KNOWN_FAILURES (it failed because {reason}).')
-
   def test_every_measure_is_covered(self):
     self.assertGreaterEqual(len(_NAMES), 12)
     for name in _NAMES:
@@ -158,10 +144,9 @@ class InputsTest(parameterized.TestCase):
     score = float(self._score(name, scaled) if kind == measures.FEATURES else
                   self._score(name, logits=scaled))
     expected, atol = self._expected_at_scale(name, scale)
-    with self._known_failure(name, 'magnitude'):
-      self.assertTrue(np.isfinite(score), msg=f'{name} at scale {scale}: {score}')
-      np.testing.assert_allclose(score, expected, rtol=0, atol=atol,
-                                 err_msg=f'{name} at scale {scale}')
+    self.assertTrue(np.isfinite(score), msg=f'{name} at scale {scale}: {score}')
+    np.testing.assert_allclose(score, expected, rtol=0, atol=atol,
+                               err_msg=f'{name} at scale {scale}')
 
   def _expected_at_scale(self, name, scale):
     """(expected score, absolute tolerance) of `name` with its input times `scale`."""
