@@ -41,6 +41,8 @@ from ckpt_rank.measures._knn import knn
 from ckpt_rank.measures._leep import leep
 from ckpt_rank.measures._leep import nce
 from ckpt_rank.measures._linear import linear_probe
+from ckpt_rank.measures._linear import linear_probe_result
+from ckpt_rank.measures._linear import ProbeResult
 from ckpt_rank.measures._logme import logme
 from ckpt_rank.measures._logme import logme_fit
 from ckpt_rank.measures._logme import LogMEResult
