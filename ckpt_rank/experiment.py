@@ -222,9 +222,6 @@ def load_ground_truth_table(path: str, config, pool: Sequence[tuple[str, str]]
   return result
 
 
-MISMATCH_CHOICES = ('error', 'leave_out', 'finetune')
-
-
 def ground_truth_identity(table: Mapping[str, Mapping[str, Mapping[str, Any]]],
                           fingerprints: Mapping[str, Mapping[str, str]],
                           recipes: Mapping[str, str]) -> dict[str, dict[str, str]]:
