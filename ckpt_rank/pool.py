@@ -23,7 +23,7 @@ last; a run whose manifest records another config raises ValueError rather than 
 Identity across machines. Snapshot training is deterministic on one machine, but not from one CPU
 to another: XLA's CPU kernels block their sums by the cache sizes and vector width they find, so
 the float32 rounding differs (seen: AMD Zen 4 and Intel Sapphire Rapids train other bytes from the
-same code and inputs), and the training is chaotic: perturbing every weight of the base by one
+same code), and the training is chaotic: perturbing every weight of the base by one
 float32 ulp changes the snapshots' class probabilities on source images by up to 1.0 after 30
 steps. A snapshot trained on another CPU is therefore another checkpoint, and the ground truth of
 one cannot stand for the other: a ground-truth table records each snapshot's weight fingerprint
