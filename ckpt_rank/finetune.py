@@ -1,7 +1,7 @@
 """Fine-tuning ground truth: the VTAB recipe in JAX/optax for Flax checkpoints.
 
 The paper ranks checkpoints against the accuracy each reaches when fine-tuned on the target task
-(`../shared/docs/MEASURES.md`, "Ground truth"): a new zero-initialised linear head on the
+(docs/ground_truth.md): a new zero-initialised linear head on the
 pre-logits, every weight trainable, SGD with momentum 0.9 and weight decay 1e-4, a linear warm-up
 then x0.1 step decays, a sweep over learning rates (and step budgets), the best held-out accuracy
 kept with its settings.

