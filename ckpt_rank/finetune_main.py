@@ -41,14 +41,18 @@ import numpy as np
 
 from ckpt_rank import features as features_lib
 from ckpt_rank import finetune
+from ckpt_rank import ground_truth
 from ckpt_rank import parallel
 from ckpt_rank import pool as pool_lib
 
 FORMAT_VERSION = 1
 TABLE_FILE = 'ground_truth.json'
+PROGRESS_FILE = 'ground_truth_progress.json'
 # Config fields `run` reads (besides `pool`); others are refused by the locked config itself.
 _FINE_TUNE_FIELDS = ('learning_rates', 'step_budgets', 'batch_size', 'warmup_steps',
                      'decay_fractions', 'momentum', 'weight_decay', 'seed')
+# Read besides those under ``fine_tune.protocol = 'vtab'`` (`ckpt_rank.ground_truth`).
+_VTAB_FIELDS = ('seeds', 'max_grid_extensions', 'select_train_role', 'select_eval_role')
 
 
 def versions() -> dict[str, str]:
@@ -89,9 +93,48 @@ def _settings_base(ft) -> finetune.Settings:
                            seed=int(ft.seed))
 
 
+def protocol_name(config) -> str:
+  """`config.fine_tune.protocol`: 'vtab' (`ckpt_rank.ground_truth`) or the older
+  'test_selected' (the best test accuracy over the grid, one seed), which configs without the field
+  mean."""
+  return config.fine_tune.get('protocol', ground_truth.TEST_SELECTED)
+
+
+def vtab_protocol(config) -> ground_truth.Protocol:
+  """The `ground_truth.Protocol` of a config with ``fine_tune.protocol = 'vtab'``."""
+  ft = config.fine_tune
+  return ground_truth.Protocol(
+      learning_rates=tuple(float(r) for r in ft.learning_rates), base=_settings_base(ft),
+      seeds=tuple(int(s) for s in ft.seeds), selection_seed=int(ft.seed),
+      max_extensions=int(ft.max_grid_extensions))
+
+
+def _roles(config) -> dict[str, str]:
+  """The data roles a config's ground truth reads: {'train', 'eval'} (+ 'select_train',
+  'select_eval' under the VTAB protocol)."""
+  roles = {'train': config.train_role, 'eval': config.eval_role}
+  if protocol_name(config) == ground_truth.VTAB:
+    roles.update(select_train=config.fine_tune.select_train_role,
+                 select_eval=config.fine_tune.select_eval_role)
+  return roles
+
+
 def check_config(config) -> None:
   """Raises ValueError naming the first bad or missing field of a finetune config."""
   from ckpt_rank import data  # pylint: disable=g-import-not-at-top
+  name = protocol_name(config)
+  if name not in ground_truth.PROTOCOLS:
+    raise ValueError(f'config.fine_tune.protocol must be one of {ground_truth.PROTOCOLS}, got '
+                     f'{name!r}.')
+  if name == ground_truth.VTAB:
+    missing = [k for k in _VTAB_FIELDS if k not in config.fine_tune]
+    if missing:
+      raise ValueError(f'config.fine_tune.protocol is {name!r}, which needs config.fine_tune.'
+                       f'{missing}; see experiments/offline.py.')
+    if len(config.fine_tune.step_budgets) != 1:
+      raise ValueError('The vtab protocol selects a learning rate at one step budget; '
+                       f'config.fine_tune.step_budgets is {config.fine_tune.step_budgets}.')
+    vtab_protocol(config)  # Validates the grid, seeds and extensions.
   for key in ('pool', 'tasks', 'train_role', 'max_train_examples', 'eval_role',
               'max_eval_examples', 'image_size', 'data_dir', 'fine_tune'):
     if key not in config:
@@ -101,9 +144,9 @@ def check_config(config) -> None:
     raise ValueError(f'config.fine_tune lacks {missing}.')
   if not config.tasks:
     raise ValueError('config.tasks is empty.')
-  for name in config.tasks:
-    task = data.tasks.get(name)
-    for role in (config.train_role, config.eval_role):
+  for task_name in config.tasks:
+    task = data.tasks.get(task_name)
+    for role in _roles(config).values():
       task.split(role)  # ValueError lists the task's roles.
   if int(config.image_size) < 1:
     raise ValueError(f'config.image_size must be positive, got {config.image_size}.')
@@ -131,6 +174,9 @@ def _protocol(config, task: str, spec: str, snapshot: Optional[Mapping[str, Any]
           'learning_rates': [float(x) for x in ft.learning_rates],
           'step_budgets': [int(x) for x in ft.step_budgets],
           'base_settings': dataclasses.asdict(_settings_base(ft))}
+  if protocol_name(config) == ground_truth.VTAB:
+    protocol['ground_truth'] = vtab_protocol(config).to_json()
+    protocol['roles'] = _roles(config)
   if is_tfhub_spec(spec):
     from ckpt_rank import finetune_tf  # pylint: disable=g-import-not-at-top
     protocol.update(backend='tensorflow', backend_version=finetune_tf.VERSION)
@@ -171,6 +217,19 @@ def _write_json(path: str, value: Any) -> None:
 def _summary(cell: dict[str, Any]) -> dict[str, Any]:
   if cell['status'] == 'skipped':
     return {'skipped': cell['reason']}
+  identity = {'fingerprint': cell.get('fingerprint', ''),
+              **({'snapshot': {'recipe': cell['snapshot']['recipe']}}
+                 if cell.get('snapshot') else {})}
+  if 'vtab' in cell:  # `ground_truth.vtab_cell`: the mean over seeds with its noise.
+    v = cell['vtab']
+    return {'accuracy': v['accuracy'], 'accuracies': v['accuracies'],
+            **{k: v[k] for k in ('seed_sd', 'seed_se', 'test_se', 'se')},
+            'learning_rate': v['learning_rate'], 'edge': v['edge'],
+            'steps': cell['protocol']['ground_truth']['base']['steps'],
+            'batch_size': cell['protocol']['ground_truth']['base']['batch_size'],
+            'seeds': cell['protocol']['ground_truth']['seeds'],
+            'num_train': cell['num_train'], 'num_val': v['num_val'], 'num_eval': v['num_test'],
+            'wall_seconds': cell['wall_seconds'], **identity, 'selection': v['selection']}
   best = cell['best']
   return {'accuracy': best['accuracy'], 'learning_rate': best['settings']['learning_rate'],
           'steps': best['settings']['steps'], 'batch_size': best['settings']['batch_size'],
@@ -199,7 +258,7 @@ def _finetune_tfhub(checkpoint, examples, config, task: str, name: str,
   from ckpt_rank import data  # pylint: disable=g-import-not-at-top
   from ckpt_rank import finetune_tf  # pylint: disable=g-import-not-at-top
   ft = config.fine_tune
-  (train_images, train_labels), (eval_images, eval_labels) = examples
+  (train_images, train_labels), (eval_images, eval_labels) = examples['train'], examples['eval']
   logging.info('Fine-tuning %s (TF-Hub, TensorFlow) on %s: %d train / %d eval images, lrs %s x '
                'steps %s.', name, task, len(train_labels), len(eval_labels),
                list(ft.learning_rates), list(ft.step_budgets))
@@ -223,6 +282,62 @@ def _finetune_tfhub(checkpoint, examples, config, task: str, name: str,
           'versions': {**versions(), **finetune_tf.versions()}}
 
 
+def _vtab_cell(config, task: str, name: str, checkpoint, protocol: dict[str, Any], examples,
+               cell_start: float) -> dict[str, Any]:
+  """The cell of `name` on `task` by `ground_truth.vtab_cell`, with either backend."""
+  from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top
+  from ckpt_rank import data  # pylint: disable=g-import-not-at-top
+  num_classes = data.tasks.get(task).num_classes
+  vtab = vtab_protocol(config)
+  head = {'protocol': protocol, 'task': task, 'checkpoint': name,
+          'fingerprint': getattr(checkpoint, 'fingerprint', '')}
+  extra = {}
+  if isinstance(checkpoint, checkpoints.TFHubCheckpoint):
+    from ckpt_rank import finetune_tf  # pylint: disable=g-import-not-at-top
+    try:
+      network = finetune_tf.Network(checkpoint, num_classes, momentum=vtab.base.momentum,
+                                    weight_decay=vtab.base.weight_decay)
+    except finetune_tf.NotFineTunable as e:
+      logging.warning('%s on %s: skipped: %s', name, task, e)
+      return {**head, 'status': 'skipped', 'reason': str(e),
+              'versions': {**versions(), **finetune_tf.versions()}}
+
+    def runner(ti, tl, ei, el, settings):
+      return finetune_tf.finetune(checkpoint, ti, tl, ei, el, settings=settings,
+                                  num_classes=num_classes, network=network)
+    extra = {'backend': 'tensorflow', 'tf_model': network.info,
+             'versions': {**versions(), **finetune_tf.versions()}}
+  elif hasattr(checkpoint, 'arch'):
+    def runner(ti, tl, ei, el, settings):
+      return finetune.finetune(checkpoint, ti, tl, ei, el, settings=settings,
+                               num_classes=num_classes)
+    extra = {'versions': versions()}
+  else:
+    return {**head, 'status': 'skipped',
+            'reason': f'{type(checkpoint).__name__} is not a Flax or TF-Hub checkpoint.'}
+  logging.info('Fine-tuning %s on %s by the VTAB protocol: grid %s on %s -> %s, then seeds %s on '
+               '%s -> %s.', name, task, list(vtab.learning_rates), config.fine_tune.select_train_role,
+               config.fine_tune.select_eval_role, list(vtab.seeds), config.train_role,
+               config.eval_role)
+  try:
+    result = ground_truth.vtab_cell(
+        runner, select_train=examples['select_train'], select_eval=examples['select_eval'],
+        train=examples['train'], test=examples['eval'], protocol=vtab,
+        progress=lambda line: logging.info('  %s on %s: %s', name, task, line))
+  except FloatingPointError as e:
+    logging.warning('%s on %s: skipped: %s', name, task, e)
+    return {**head, 'status': 'skipped', 'reason': f'unstable: {e}', **extra}
+  cell = {**head, 'status': 'done', 'vtab': result,
+          'num_train': int(len(examples['train'][1])),
+          'num_eval': int(len(examples['eval'][1])),
+          'wall_seconds': time.perf_counter() - cell_start, **extra}
+  logging.info('%s on %s: %.4f +- %.4f (seeds %s; lr %g%s) in %.0f s.', name, task,
+               result['accuracy'], result['se'], result['accuracies'], result['learning_rate'],
+               f', at the grid\'s {result["edge"]} edge' if result['edge'] else '',
+               cell['wall_seconds'])
+  return cell
+
+
 def _check_same_cells(todo, pool, tasks) -> None:
   """Every process must split the same cells (the collectives of `run` pair them up)."""
   if jax.process_count() == 1:
@@ -241,9 +356,11 @@ def _compute_cell(config, task: str, name: str, spec: str, protocol: dict[str, A
   from ckpt_rank import checkpoints  # pylint: disable=g-import-not-at-top
   from ckpt_rank import data  # pylint: disable=g-import-not-at-top
   ft = config.fine_tune
-  (train_images, train_labels), (eval_images, eval_labels) = examples
   cell_start = time.perf_counter()
   checkpoint = _load(config, name, spec)
+  (train_images, train_labels), (eval_images, eval_labels) = examples['train'], examples['eval']
+  if protocol_name(config) == ground_truth.VTAB:
+    return _vtab_cell(config, task, name, checkpoint, protocol, examples, cell_start)
   if isinstance(checkpoint, checkpoints.TFHubCheckpoint):
     cell = _finetune_tfhub(checkpoint, examples, config, task, name, protocol, base)
     cell['wall_seconds'] = time.perf_counter() - cell_start
@@ -318,6 +435,18 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None,
         continue
       todo.append((task, name, spec, protocol))
   _check_same_cells(todo, pool, config.tasks)
+
+  def result_of(complete: bool) -> dict[str, Any]:
+    return {'format_version': FORMAT_VERSION, 'protocol': protocol_name(config),
+            'complete': complete,
+            'command': list(command) if command is not None else list(sys.argv),
+            'config': json.loads(config.to_json()),
+            'pool': [[name, _portable_spec(spec, workdir)] for name, spec in pool],
+            'table': {task: {name: table[task][name] for name, _ in pool if name in table[task]}
+                      for task in config.tasks},
+            'cells_computed_this_run': computed,
+            'wall_seconds_this_run': time.perf_counter() - start, 'versions': versions()}
+
   examples = {}  # The task of this process's current cell: its train and eval examples.
   processes, me = jax.process_count(), jax.process_index()
   for first in range(0, len(todo), processes):
@@ -329,11 +458,12 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None,
       task = mine[0]
       try:
         if task not in examples:
-          examples = {task: (  # Read once per task, only when one of its cells needs it.
-              data.load(task, config.train_role, data_dir=data_dir,
-                        max_examples=config.max_train_examples, image_size=config.image_size),
-              data.load(task, config.eval_role, data_dir=data_dir,
-                        max_examples=config.max_eval_examples, image_size=config.image_size))}
+          # Read once per task, only when one of its cells needs it.
+          limits = {'train': config.max_train_examples, 'eval': config.max_eval_examples}
+          examples = {task: {
+              key: data.load(task, role, data_dir=data_dir, max_examples=limits.get(key),
+                             image_size=config.image_size)
+              for key, role in _roles(config).items()}}
         text = json.dumps(_compute_cell(config, *mine, examples[task], base),
                           allow_nan=True).encode()
       except Exception as e:  # pylint: disable=broad-except
@@ -351,14 +481,19 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None,
       computed += 1
       _write_json(cell_path(workdir, task, name), cell)
       table[task][name] = _summary(cell)
-  table = {task: {name: table[task][name] for name, _ in pool if name in table[task]}
-           for task in config.tasks}
-  result = {'format_version': FORMAT_VERSION,
-            'command': list(command) if command is not None else list(sys.argv),
-            'config': json.loads(config.to_json()),
-            'pool': [[name, _portable_spec(spec, workdir)] for name, spec in pool],
-            'table': table, 'cells_computed_this_run': computed,
-            'wall_seconds_this_run': time.perf_counter() - start, 'versions': versions()}
+    if wanted is None and first + processes < len(todo):
+      # The table so far, so that finished cells can be committed while the rest runs.
+      _write_json(os.path.join(workdir, TABLE_FILE), result_of(complete=False))
+    elapsed = time.perf_counter() - start
+    left = len(todo) - computed
+    progress = {'cells': len(todo) + sum(len(c) for c in table.values()) - computed,
+                'done_before_this_run': sum(len(c) for c in table.values()) - computed,
+                'computed_this_run': computed, 'left': left, 'elapsed_seconds': elapsed,
+                'eta_seconds': elapsed / computed * left}
+    _write_json(os.path.join(workdir, PROGRESS_FILE), progress)
+    logging.info('Ground truth: %d of %d cells computed this run, %d left, about %.0f min to go.',
+                 computed, len(todo), left, progress['eta_seconds'] / 60)
+  result = result_of(complete=True)
   if wanted is None:
     _write_json(os.path.join(workdir, TABLE_FILE), result)
   return result
@@ -368,13 +503,21 @@ def format_table(result: dict[str, Any]) -> str:
   """The accuracy table as text: one row per checkpoint, one column per task."""
   tasks = list(result['table'])
   names = [n for n, _ in result['pool']]
-  lines = ['checkpoint'.ljust(32) + ''.join(t[:16].rjust(18) for t in tasks)]
+  lines = ['checkpoint'.ljust(32) + ''.join(t[:24].rjust(26) for t in tasks)]
   for name in names:
     cells = []
     for task in tasks:
-      entry = result['table'][task][name]
-      cells.append(('skipped' if 'skipped' in entry
-                    else f'{entry["accuracy"]:.4f} ({entry["learning_rate"]:g})').rjust(18))
+      entry = result['table'][task].get(name)
+      if entry is None:
+        text = 'to do'
+      elif 'skipped' in entry:
+        text = 'skipped'
+      elif 'se' in entry:  # Mean over seeds +- its standard error; '!' marks an edge pick.
+        text = (f'{entry["accuracy"]:.4f}±{entry["se"]:.4f} ({entry["learning_rate"]:g}'
+                f'{"!" if entry.get("edge") else ""})')
+      else:
+        text = f'{entry["accuracy"]:.4f} ({entry["learning_rate"]:g})'
+      cells.append(text.rjust(26))
     lines.append(name[:32].ljust(32) + ''.join(cells))
   return '\n'.join(lines)
 

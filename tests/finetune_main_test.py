@@ -11,6 +11,7 @@ from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
+import pytest
 
 from ckpt_rank import checkpoints
 from ckpt_rank import finetune
@@ -232,6 +233,88 @@ class TFHubRunTest(absltest.TestCase):
       again = finetune_main.run(self.config, self.workdir, command=['test'])
     self.assertEqual(again['cells_computed_this_run'], 0)
     self.assertEqual(again['table'], self.result['table'])
+
+
+@pytest.mark.slow(seconds=40)  # Measured: 36 s with a fine-tuning job on the other core.
+class VtabRunTest(absltest.TestCase):
+  """`fine_tune.protocol = 'vtab'`: a Flax and a TF-Hub checkpoint by `ground_truth.vtab_cell`."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp(prefix='ckpt_rank_finetune_main_vtab_test_')
+    keras_path = os.path.join(cls.tmp, 'keras')
+    _save_keras_savedmodel(keras_path)
+    config = _config('runlocal')
+    config.pool.checkpoints = (('mobilenet_v2', 'mobilenet_v2'), ('keras', 'tfhub:' + keras_path))
+    config.pool.load_options = {'keras': {'input_range': (-1.0, 1.0)}}
+    config.pool.snapshots = {}
+    # sklearn_digits has no VTAB-1k roles: its train / val / trainval play them here.
+    config.train_role = 'trainval'
+    config.fine_tune.protocol = 'vtab'
+    config.fine_tune.learning_rates = (0.001, 0.01)
+    config.fine_tune.seeds = (0, 1, 2)
+    config.fine_tune.max_grid_extensions = 1
+    config.fine_tune.select_train_role = 'train'
+    config.fine_tune.select_eval_role = 'val'
+    cls.config = config
+    cls.workdir = os.path.join(cls.tmp, 'workdir')
+    cls.result = finetune_main.run(config, cls.workdir, command=['test'])
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def test_cells_hold_seeds_noise_and_the_selection(self):
+    self.assertEqual(self.result['protocol'], 'vtab')
+    self.assertTrue(self.result['complete'])
+    for name in ('mobilenet_v2', 'keras'):
+      entry = self.result['table']['sklearn_digits'][name]
+      self.assertLen(entry['accuracies'], 3)
+      self.assertAlmostEqual(entry['accuracy'], np.mean(entry['accuracies']), places=12)
+      num_test = entry['num_eval']
+      self.assertEqual(num_test, 128)  # config.max_eval_examples.
+      for a in entry['accuracies']:  # Each a whole number of correct test images.
+        self.assertAlmostEqual(a * num_test, round(a * num_test), places=9)
+      self.assertAlmostEqual(entry['test_se'], np.sqrt(
+          entry['accuracy'] * (1 - entry['accuracy']) / num_test), places=12)
+      rates = [s['learning_rate'] for s in entry['selection']]
+      self.assertEqual(rates, sorted(rates))
+      self.assertIn(entry['learning_rate'], rates)
+      self.assertLessEqual(len(rates), 4)  # Two rates and at most one extension each way.
+    with open(finetune_main.cell_path(self.workdir, 'sklearn_digits', 'keras')) as f:
+      self.assertEqual(json.load(f)['backend'], 'tensorflow')
+    with open(os.path.join(self.workdir, finetune_main.PROGRESS_FILE)) as f:
+      progress = json.load(f)
+    self.assertEqual((progress['computed_this_run'], progress['left']), (2, 0))
+    self.assertIn('±', finetune_main.format_table(self.result))
+
+  def test_resume_does_no_work_and_another_protocol_redoes_the_cell(self):
+    from ckpt_rank import ground_truth  # pylint: disable=g-import-not-at-top
+    with mock.patch.object(ground_truth, 'vtab_cell', side_effect=AssertionError('redone')):
+      again = finetune_main.run(self.config, self.workdir, command=['test'])
+    self.assertEqual(again['cells_computed_this_run'], 0)
+    self.assertEqual(again['table'], self.result['table'])
+    protocol = finetune_main._protocol(self.config, 'sklearn_digits', 'mobilenet_v2')
+    self.assertEqual(protocol['ground_truth']['seeds'], [0, 1, 2])
+    self.assertEqual(protocol['roles']['select_eval'], 'val')
+    legacy = finetune_main._protocol(_config('runlocal'), 'sklearn_digits', 'mobilenet_v2')
+    self.assertNotIn('ground_truth', legacy)
+
+  def test_config_checks(self):
+    config = _config('runlocal')
+    config.fine_tune.protocol = 'vtab'
+    with self.assertRaisesRegex(ValueError, 'seeds'):
+      finetune_main.check_config(config)
+    config = _config('runlocal')
+    config.fine_tune.protocol = 'best_of_test'
+    with self.assertRaisesRegex(ValueError, 'protocol must be one of'):
+      finetune_main.check_config(config)
+    v2 = _config('v2')
+    finetune_main.check_config(v2)
+    self.assertIsNone(v2.max_eval_examples)  # The whole test split.
+    self.assertGreaterEqual(len(v2.fine_tune.seeds), 3)
 
 
 if __name__ == '__main__':
