@@ -46,8 +46,10 @@ from google.protobuf import json_format
 import jax
 import numpy as np
 
+from ckpt_rank import baselines as baselines_lib
 from ckpt_rank import config_lib
 from ckpt_rank import features as features_lib
+from ckpt_rank import ground_truth as ground_truth_lib
 from ckpt_rank import measures as measures_lib
 from ckpt_rank import parallel
 from ckpt_rank import pool as pool_lib
@@ -195,6 +197,23 @@ def load_ground_truth_table(path: str, config, pool: Sequence[tuple[str, str]]
   except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
     raise ValueError(f'{resolved} is not a ground-truth table written by ckpt_rank.finetune '
                      f'({type(e).__name__}: {e}).') from None
+  from ckpt_rank import finetune_main  # pylint: disable=g-import-not-at-top
+  wanted, made = finetune_main.protocol_name(config), table.get('protocol',
+                                                                ground_truth_lib.TEST_SELECTED)
+  if made != wanted:
+    raise ValueError(
+        f'The ground-truth table {resolved} was made by the {made!r} protocol and this config '
+        f'asks for {wanted!r} (config.fine_tune.protocol). A {ground_truth_lib.TEST_SELECTED!r} '
+        f'table picked each learning rate by test accuracy with one seed; a '
+        f'{ground_truth_lib.VTAB!r} one selects it on validation images and averages seeds '
+        f'(docs/ground_truth.md). Regenerate the table with `python -m ckpt_rank.finetune '
+        f'--config=<this config> --workdir=DIR`, or use a config of the table\'s protocol.')
+  if table.get('complete') is False:
+    done = sum(len(c) for c in cells.values())
+    raise ValueError(
+        f'The ground-truth table {resolved} is still being computed ({done} cells so far). '
+        f'Continue it with the command in its "command" field (it resumes; progress in '
+        f'DIR/{finetune_main.PROGRESS_FILE}), then copy DIR/ground_truth.json over it.')
   regenerate = (f'The table at {resolved} does not match this config; regenerate it with the '
                 f'command in its "command" field (or the config docstring)')
   ours = results_lib.jsonable(config.to_dict())
@@ -297,11 +316,20 @@ def _ground_truth_message(task: str, name: str, entry: Mapping[str, Any],
     sweep.append({'settings': settings, 'accuracy': run['accuracy'],
                   'metrics': {k: run[k] for k in ('compile_seconds',) if k in run},
                   'wall_seconds': run.get('seconds', 0.0)})
+  if 'selection' in entry:  # The VTAB protocol: the sweep is the grid on validation images.
+    sweep = [{'settings': {'learning_rate': s['learning_rate'], 'steps': entry['steps']},
+              'accuracy': s['val_accuracy']} for s in entry['selection']]
   best_settings = {k: entry[k] for k in ('learning_rate', 'steps', 'batch_size', 'seed')
                    if k in entry}
+  vtab = 'se' in entry
   return results_lib.ground_truth(
       name, task, {'accuracy': entry['accuracy'], 'sweep': sweep, 'best_settings': best_settings,
-                   'wall_seconds': entry.get('wall_seconds', 0.0)}, source=source)
+                   'wall_seconds': entry.get('wall_seconds', 0.0),
+                   'protocol': ground_truth_lib.VTAB if vtab else ground_truth_lib.TEST_SELECTED,
+                   **({'accuracies': entry['accuracies'], 'seeds': entry['seeds'],
+                       'se': entry['se'], 'seed_se': entry['seed_se'],
+                       'test_se': entry['test_se'], 'num_test': entry['num_eval'],
+                       'edge': entry.get('edge')} if vtab else {})}, source=source)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -402,21 +430,36 @@ def score_checkpoints(measure: measures_lib.Measure, labels: np.ndarray, *,
     return results
   for name in scorable:
     start = time.perf_counter()
-    per_seed = [float(v) for v in _score_one(measure, labels, features[name], logits[name],
-                                              seeds)]
+    scored = _score_one(measure, labels, features[name], logits[name], seeds)
+    per_seed = [float(v) for v, _ in scored]
+    allowances = [float(a) for _, a in scored if a is not None]
+    # The mean of the seeds' scores moves by at most the mean of their allowances.
+    allowance = {'rounding_allowance': float(np.mean(allowances))} if allowances else {}
     results[name] = {'mean': float(np.mean(per_seed)), 'std': float(np.std(per_seed)),
                      'per_seed': per_seed, 'seeds': list(seeds),
-                     'wall_seconds': time.perf_counter() - start, 'details': dict(details)}
+                     'wall_seconds': time.perf_counter() - start,
+                     'details': {**details, **allowance}}
   return results
 
 
 def _score_one(measure: measures_lib.Measure, labels: np.ndarray, features: np.ndarray,
-               logits: Optional[np.ndarray], seeds: Sequence[int]) -> list[jax.Array]:
-  """One checkpoint's score per seed (one score for a measure without a key), not yet fetched."""
+               logits: Optional[np.ndarray], seeds: Sequence[int]
+               ) -> list[tuple[jax.Array, Optional[jax.Array]]]:
+  """One checkpoint's (score, rounding allowance or None) per seed (one for a measure without a
+  key), not yet fetched.
+
+  The linear probe's score is a discrete held-out accuracy: another rounding (CPU, thread or
+  device count) can flip near-tied predictions, so it comes with `linear_probe_result`'s
+  allowance, the most such flips can move it (docs: "The same answers on any machine").
+  """
   kwargs = dict(features=features, source_logits=logits)
+  if measure.name == 'linear_probe':
+    results = [measures_lib.linear_probe_result(features, labels, key=jax.random.key(s),
+                                                **measure.kwargs) for s in seeds]
+    return [(r.score, r.allowance) for r in results]
   if measure.uses_key:
-    return [measure.score(labels, key=jax.random.key(s), **kwargs) for s in seeds]
-  return [measure.score(labels, **kwargs)]
+    return [(measure.score(labels, key=jax.random.key(s), **kwargs), None) for s in seeds]
+  return [(measure.score(labels, **kwargs), None)]
 
 
 def _score_split(measure: measures_lib.Measure, labels: np.ndarray, names: Sequence[str],
@@ -434,8 +477,9 @@ def _score_split(measure: measures_lib.Measure, labels: np.ndarray, names: Seque
   me = jax.process_index()
   owner = {name: devices[j % len(devices)] for j, name in enumerate(names)}
   num_values = max(len(seeds), 1) if measure.uses_key else 1
-  # Row j: the per-seed scores, the wall-time share, and 1 where it was computed without error.
-  rows = np.zeros((len(names), num_values + 2), np.float64)
+  # Row j: the per-seed scores, the rounding allowance of their mean (NaN: none), the wall-time
+  # share, and 1 where it was computed without error.
+  rows = np.zeros((len(names), num_values + 3), np.float64)
   start = time.perf_counter()
   pending, failure = {}, None
   try:
@@ -445,7 +489,10 @@ def _score_split(measure: measures_lib.Measure, labels: np.ndarray, names: Seque
           pending[name] = _score_one(measure, labels, features[name], logits[name], seeds)
     for j, name in enumerate(names):
       if name in pending:
-        rows[j, :num_values] = [float(v) for v in pending[name]]
+        rows[j, :num_values] = [float(v) for v, _ in pending[name]]
+        allowances = [float(a) for _, a in pending[name] if a is not None]
+        # The mean of the seeds' scores moves by at most the mean of their allowances.
+        rows[j, -3] = np.mean(allowances) if allowances else np.nan
         rows[j, -1] = 1
     share = (time.perf_counter() - start) / max(len(pending), 1)
     rows[[j for j, n in enumerate(names) if n in pending], -2] = share
@@ -461,10 +508,12 @@ def _score_split(measure: measures_lib.Measure, labels: np.ndarray, names: Seque
   results = {}
   for j, name in enumerate(names):
     per_seed = [float(v) for v in rows[j, :num_values]]
+    allowance = ({} if np.isnan(rows[j, -3])
+                 else {'rounding_allowance': float(rows[j, -3])})
     results[name] = {
         'mean': float(np.mean(per_seed)), 'std': float(np.std(per_seed)), 'per_seed': per_seed,
         'seeds': list(seeds), 'wall_seconds': float(rows[j, -2]),
-        'details': {**details, 'device': str(owner[name]),
+        'details': {**details, **allowance, 'device': str(owner[name]),
                     'wall_seconds_is_share_of_batch_with': [
                         n for n in names if owner[n].process_index == owner[name].process_index]}}
   return results
@@ -659,6 +708,7 @@ def _task_stage(config, task: str, pool: Sequence[tuple[str, str]],
                          'feature_dim': int(checkpoint.feature_dim),
                          'has_head': bool(checkpoint.has_head),
                          'num_source_classes': int(getattr(checkpoint, 'num_classes', 0) or 0),
+                         'num_parameters': _num_parameters(checkpoint),
                          'preprocessing': dict(checkpoint.preprocessing)},
           'features': json.loads(json_format.MessageToJson(
               info, preserving_proto_field_name=True)),
@@ -721,6 +771,15 @@ def _check_shared_workdir(workdir: str) -> None:
   if blind:
     raise ValueError(f'Processes {blind} do not see process 0\'s files in the workdir {workdir}; '
                      'a multi-process run needs a workdir on a filesystem every process sees.')
+
+
+def _num_parameters(checkpoint) -> Optional[int]:
+  """`baselines.num_parameters`, or None (the baseline then skips it) when it cannot tell."""
+  try:
+    return baselines_lib.num_parameters(checkpoint)
+  except ValueError as e:
+    logging.warning('%s', e)
+    return None
 
 
 def _ranking(config, measure: measures_lib.Measure, task: str, group: str,
@@ -789,6 +848,13 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
     records[task], scores[task] = _task_stage(config, task, pool, measure_list, work, workdir,
                                               loaded)
   del loaded
+  # Baselines that know nothing of the target task, judged like the measures.
+  baseline_list = ([baselines_lib.Baseline(n) for n in baselines_lib.NAMES]
+                   if config.get('baselines', True) else [])
+  for task in config.tasks:
+    if baseline_list:
+      scores[task].update(baselines_lib.scores(
+          {name: records[task][name]['checkpoint'] for name, _ in pool}))
 
   # Ground truth.
   mismatched, refit = {}, {}
@@ -840,7 +906,7 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
                               'checkpoints': [n for n, _ in pool]}, **_groups(config)}
   rankings = []
   for group, entry in groups.items():
-    for measure in measure_list:
+    for measure in list(measure_list) + baseline_list:
       per_task = [_ranking(config, measure, task, group, entry['checkpoints'],
                            scores[task][measure.spec], accuracies[task])
                   for task in config.tasks]
@@ -871,13 +937,13 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
   for group, entry in _groups(config).items():
     results.groups.append(results_lib.checkpoint_group(group, entry['checkpoints'],
                                                        entry['description']))
-  results.measures.extend(m.spec for m in measure_list)
+  results.measures.extend(m.spec for m in list(measure_list) + baseline_list)
   for task in config.tasks:
     for name, _ in pool:
       info = results_pb2.FeaturesInfo()
       json_format.ParseDict(records[task][name]['features'], info)
       results.features.append(info)
-      for measure in measure_list:
+      for measure in list(measure_list) + baseline_list:
         results.scores.append(results_lib.measure_score(
             measure.spec, name, task, scores[task][measure.spec][name]))
   results.ground_truth.extend(ground_truth)

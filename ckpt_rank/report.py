@@ -176,8 +176,50 @@ def _scores_table(view: _View, task: str) -> list[str]:
         row.append(f'{_number(score.value, 4)} ± {_number(score.spread, 4)}')
       else:
         row.append(_number(score.value, 4))
+      if score_allowance(score):  # Marks a score another rounding may move (`rounding_notes`).
+        row[-1] += ' †'
     rows.append(row)
   return _markdown_table(header, rows)
+
+
+def score_allowance(score: results_pb2.MeasureScore) -> float:
+  """The rounding allowance recorded with a score (the linear probe's), else 0."""
+  if not score.details_json:
+    return 0.0
+  return float(json.loads(score.details_json).get('rounding_allowance', 0.0))
+
+
+def rounding_notes(results: results_pb2.Results, task: str) -> list[str]:
+  """Sentences on scores that another CPU, thread count or device count may move.
+
+  The linear probe's score is a held-out accuracy: predictions near a tie between two classes can
+  flip under another float rounding, and the experiment records how far that can move each score
+  (`rounding_allowance`). Two checkpoints whose scores differ by less than their allowances
+  together may swap places on another machine; the note names them.
+  """
+  notes = []
+  by_measure = {}
+  for score in results.scores:
+    if score.task == task and not score.skipped_reason:
+      by_measure.setdefault(score.measure, []).append(score)
+  for measure, scores in by_measure.items():
+    allowed = {s.checkpoint: score_allowance(s) for s in scores}
+    if not any(allowed.values()):
+      continue
+    largest = max(allowed, key=allowed.get)
+    pairs = []
+    for i, a in enumerate(scores):
+      for b in scores[i + 1:]:
+        if abs(a.value - b.value) <= allowed[a.checkpoint] + allowed[b.checkpoint]:
+          pairs.append(f'{a.checkpoint} / {b.checkpoint} ({_number(a.value, 4)} vs '
+                       f'{_number(b.value, 4)})')
+    text = (f'{measure} (†): another CPU, thread count or device count may move a score by up '
+            f'to its rounding allowance (largest {_number(allowed[largest], 4)}, '
+            f'{largest}); ')
+    text += ('no two checkpoints are that close.' if not pairs else
+             'these may swap places: ' + '; '.join(pairs) + '.')
+    notes.append(text)
+  return notes
 
 
 def _run_lines(results: results_pb2.Results) -> list[str]:
@@ -280,6 +322,8 @@ def _markdown(view: _View, plots: dict[str, str]) -> str:
         lines += _metric_table(view, by_group, task, with_cost=False) + ['']
     lines += ['Scores (n/a: the measure does not apply, e.g. no source head; -: missing):', '']
     lines += _scores_table(view, task) + ['']
+    for note in rounding_notes(results, task):
+      lines += [f'> **Note:** {note}', '']
     if task in plots:
       lines += [f'![score vs fine-tuned accuracy on {task}]({plots[task]})', '']
     elif not any(t == task for t, _ in view.accuracy):

@@ -367,7 +367,9 @@ def ground_truth(checkpoint: str, task: str, entry: Mapping[str, Any], *,
   Args:
     checkpoint: the checkpoint's name.
     task: the task's name.
-    entry: {'sweep': [...], and optionally 'accuracy', 'best_settings', 'wall_seconds'}. Each
+    entry: {'sweep': [...], and optionally 'accuracy', 'best_settings', 'wall_seconds', and the
+      VTAB protocol's 'protocol', 'accuracies' (per seed), 'seeds', 'se', 'seed_se', 'test_se',
+      'num_test', 'edge' (`ckpt_rank.ground_truth`; the proto's fields of those names)}. Each
       sweep entry is either structured, {'settings': {...}, 'accuracy', 'metrics': {...},
       'wall_seconds'}, or flat, e.g. {'learning_rate': 0.01, 'test_accuracy': 0.9}: 'accuracy'
       or 'test_accuracy' is the held-out accuracy, other keys naming an accuracy or a loss are
@@ -392,6 +394,17 @@ def ground_truth(checkpoint: str, task: str, entry: Mapping[str, Any], *,
       accuracy=best.accuracy if accuracy is None else float(accuracy),
       wall_seconds=float(entry.get('wall_seconds', 0.0)), source=source)
   result.sweep.extend(sweep)
+  result.protocol = str(entry.get('protocol', ''))
+  if entry.get('accuracies') is not None:
+    result.per_seed.extend(float(a) for a in entry['accuracies'])
+    result.seeds.extend(int(s) for s in entry.get('seeds', ()))
+  for field, key in (('standard_error', 'se'), ('seed_standard_error', 'seed_se'),
+                     ('test_standard_error', 'test_se')):
+    if entry.get(key) is not None:
+      setattr(result, field, float(entry[key]))
+  if entry.get('num_test') is not None:
+    result.num_test = int(entry['num_test'])
+  result.edge = str(entry.get('edge') or '')
   if 'best_settings' in entry:
     _fill_value_map(result.best_settings, entry['best_settings'])
   elif best is not None:

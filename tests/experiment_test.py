@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from ckpt_rank import config_lib
 from ckpt_rank import experiment
 from ckpt_rank import measures
 from ckpt_rank import pool
@@ -95,6 +96,24 @@ class GroundTruthTableTest(parameterized.TestCase):
     path = self._write(_table(self.config, self.pool, **changes))
     with self.assertRaisesRegex(ValueError, f'config.{field}'):
       experiment.load_ground_truth_table(path, self.config, self.pool)
+
+  def test_a_table_of_another_ground_truth_protocol_is_refused(self):
+    # The committed offline table predates the field: it means test-selected, which the VTAB
+    # variant of the config refuses, naming both protocols.
+    v2 = config_lib.load_config('experiments/offline.py:v2')
+    table = _table(self.config, self.pool)
+    self.assertNotIn('protocol', table)
+    with self.assertRaisesRegex(ValueError, "'test_selected' protocol.*asks for 'vtab'"):
+      experiment.load_ground_truth_table(self._write(table), v2, self.pool)
+    table['protocol'] = 'vtab'
+    with self.assertRaisesRegex(ValueError, "'vtab' protocol.*asks for 'test_selected'"):
+      experiment.load_ground_truth_table(self._write(table), self.config, self.pool)
+
+  def test_a_table_still_being_computed_is_refused(self):
+    table = _table(self.config, self.pool)
+    table['complete'] = False
+    with self.assertRaisesRegex(ValueError, 'still being computed'):
+      experiment.load_ground_truth_table(self._write(table), self.config, self.pool)
 
   def test_other_fine_tuning_settings_are_refused(self):
     table = _table(self.config, self.pool)
@@ -341,6 +360,25 @@ class ScoringAndRankingTest(absltest.TestCase):
         single = measures.nleep(self.features['c2'], self.labels, key=jax.random.key(4),
                                 components_per_class=1)
         self.assertAlmostEqual(scored['c2']['per_seed'][1], float(single), places=4)
+
+  def test_the_linear_probe_records_its_rounding_allowance(self):
+    measure = measures.get('linear_probe(max_iters=50)')
+    scored = experiment.score_checkpoints(measure, self.labels, features=self.features,
+                                          logits=self.logits, seeds=[5, 6])
+    for name in self.features:
+      direct = [measures.linear_probe_result(self.features[name], self.labels,
+                                             key=jax.random.key(s), max_iters=50)
+                for s in (5, 6)]
+      # The same computation on the same inputs (one call path): equal up to float32 printing.
+      np.testing.assert_allclose(scored[name]['per_seed'], [float(r.score) for r in direct],
+                                 atol=1e-6)
+      # The mean of two scores moves by at most the mean of their allowances.
+      self.assertAlmostEqual(scored[name]['details']['rounding_allowance'],
+                             np.mean([float(r.allowance) for r in direct]), places=6)
+      self.assertGreaterEqual(scored[name]['details']['rounding_allowance'], 0.0)
+    other = experiment.score_checkpoints(measures.get('leep'), self.labels,
+                                         features=self.features, logits=self.logits, seeds=[])
+    self.assertNotIn('rounding_allowance', other['c1']['details'])
 
   def test_a_memory_budget_bounds_the_work_not_the_scores(self):
     # 120 examples: 20 KB give kNN blocks of 10 queries, 400 KB NLEEP chunks of a few dozen

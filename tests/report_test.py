@@ -214,3 +214,42 @@ class MissingPartsTest(absltest.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+class RoundingNotesTest(absltest.TestCase):
+  """Scores recorded with a rounding allowance are marked and close pairs are named."""
+
+  def _message(self, values, allowances):
+    message = results_pb2.Results(measures=['linear_probe', 'leep'])
+    message.tasks.append(results.task_info('t', num_classes=2, num_train=10, num_test=10))
+    for i, (value, allowance) in enumerate(zip(values, allowances)):
+      details = {'rounding_allowance': allowance} if allowance is not None else {}
+      message.scores.append(results.measure_score('linear_probe', f'c{i}', 't', {
+          'mean': value, 'per_seed': [value], 'seeds': [0], 'details': details}))
+      message.scores.append(results.measure_score('leep', f'c{i}', 't', {
+          'mean': value, 'per_seed': [value], 'seeds': []}))
+    return message
+
+  def test_pairs_within_their_allowances_are_named(self):
+    # |0.710 - 0.712| = 0.002 < 0.0015 + 0.0015: c0 / c1 may swap; c2 is 0.05 away from both.
+    notes = report.rounding_notes(self._message([0.710, 0.712, 0.76], [0.0015, 0.0015, 0.0]),
+                                  't')
+    self.assertLen(notes, 1)
+    self.assertIn('linear_probe', notes[0])
+    self.assertIn('c0 / c1', notes[0])
+    self.assertNotIn('c2 (', notes[0])
+    self.assertNotIn('c0 / c2', notes[0])
+
+  def test_no_allowance_no_note_and_far_scores_say_so(self):
+    self.assertEqual(report.rounding_notes(self._message([0.7, 0.8], [None, None]), 't'), [])
+    notes = report.rounding_notes(self._message([0.70, 0.80], [0.001, 0.002]), 't')
+    self.assertLen(notes, 1)
+    self.assertIn('no two checkpoints are that close', notes[0])
+
+  def test_the_report_marks_the_scores_and_prints_the_note(self):
+    workdir = tempfile.mkdtemp()
+    report.write_report(self._message([0.710, 0.712], [0.0015, 0.0015]), workdir)
+    with open(os.path.join(workdir, 'report.md'), encoding='utf-8') as f:
+      markdown = f.read()
+    self.assertIn('0.7100 †', markdown)
+    self.assertIn('> **Note:** linear_probe (†)', markdown)
