@@ -623,6 +623,8 @@ class Entry:
     indistinguishable_from: checkpoints it cannot be told apart from under the ordering measure
       (the paired interval of the difference includes 0), in ranking order.
     finetuned_accuracy: held-out accuracy after fine-tuning (`confirm_top_k`), or None.
+    finetuned_standard_error: its binomial standard error, sqrt(p (1 - p) / held-out examples):
+      with tens of held-out images one image is several points of accuracy.
     finetune_note: why it was not fine-tuned, or the settings it was.
     info: fingerprint, feature dimension, head, feature extraction (cache hit, seconds).
   """
@@ -634,6 +636,7 @@ class Entry:
   consensus_rank: float
   indistinguishable_from: tuple[str, ...] = ()
   finetuned_accuracy: Optional[float] = None
+  finetuned_standard_error: Optional[float] = None
   finetune_note: str = ''
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -706,8 +709,8 @@ class Ranking:
     """A pandas DataFrame: one row per ranked checkpoint (best first), then the dropped ones.
 
     Columns: rank, checkpoint, spec, per measure `M`, `M low`, `M high`, `M rank`, then
-    consensus_rank, indistinguishable_from (';'-joined names), finetuned_accuracy (with
-    `confirm_top_k`) and status ('ranked', or why and when it was dropped).
+    consensus_rank, indistinguishable_from (';'-joined names), finetuned_accuracy and
+    finetuned_standard_error (with `confirm_top_k`) and status ('ranked', or why and when it was dropped).
     """
     import pandas as pd  # pylint: disable=g-import-not-at-top
     rows = []
@@ -724,6 +727,8 @@ class Ranking:
       if confirmed:
         row['finetuned_accuracy'] = (float('nan') if entry.finetuned_accuracy is None
                                      else entry.finetuned_accuracy)
+        row['finetuned_standard_error'] = (float('nan') if entry.finetuned_standard_error is None
+                                           else entry.finetuned_standard_error)
       row['status'] = 'ranked'
       rows.append(row)
     for drop in self.dropped:
@@ -735,7 +740,7 @@ class Ranking:
     for measure in self.measures:
       columns += [measure, f'{measure} low', f'{measure} high', f'{measure} rank']
     columns += ['consensus_rank', 'indistinguishable_from']
-    columns += ['finetuned_accuracy'] if confirmed else []
+    columns += ['finetuned_accuracy', 'finetuned_standard_error'] if confirmed else []
     return frame.reindex(columns=columns + ['status'])
 
   def __str__(self) -> str:
@@ -768,7 +773,8 @@ class Ranking:
                  else f'{entry.consensus_rank:.2f}')
       row.append(', '.join(f'#{rank_of[n]}' for n in entry.indistinguishable_from))
       if confirmed:
-        row.append('' if entry.finetuned_accuracy is None else f'{entry.finetuned_accuracy:.3f}')
+        row.append('' if entry.finetuned_accuracy is None else
+                   f'{entry.finetuned_accuracy:.3f} ± {entry.finetuned_standard_error:.3f}')
       table.append(row)
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines.append('')
@@ -782,9 +788,18 @@ class Ranking:
                if e.scores[m].skipped}
     for measure, reason in skipped.items():
       lines.append(f'{measure} skipped where it does not apply (e.g. {reason})')
+    if confirmed:
+      held = self.data.get('num_held_out', 0)
+      lines.append(f'fine-tuned acc.: accuracy on the {held} held-out examples after '
+                   f'{self.settings["confirm"]["steps"]} steps of fine-tuning (± its binomial '
+                   'standard error).')
     for entry in self.entries:
       if entry.finetune_note:
         lines.append(f'{entry.checkpoint}: {entry.finetune_note}')
+    for record in self.rounds:
+      if record.get('stopped_by_budget'):
+        lines.append(f'Successive halving stopped after round {record["round"]} '
+                     f'({record["examples"]} examples): {record["stopped_by_budget"]}.')
     if self.dropped:
       lines.append('Dropped:')
       lines += [f'  {d.checkpoint}: {_drop_text(d)}' for d in self.dropped]
@@ -853,7 +868,8 @@ class Ranking:
       settings = self.settings['confirm']
       out.ground_truth.append(results_lib.ground_truth(
           entry.checkpoint, task,
-          {'accuracy': entry.finetuned_accuracy,
+          {'accuracy': entry.finetuned_accuracy, 'test_se': entry.finetuned_standard_error,
+           'num_test': self.data.get('num_held_out', 0),
            'sweep': [{'settings': entry.info.get('finetune', {}).get('settings', {}),
                       'accuracy': entry.finetuned_accuracy,
                       'wall_seconds': entry.info.get('finetune', {}).get('seconds', 0.0)}]},
@@ -1259,6 +1275,8 @@ def select(data, checkpoints=None, measures=None, *, labels=None, logits=None,
   entries = []
   for rank, name in enumerate(ordered, start=1):
     accuracy, note = confirmed.get(name, (None, ''))
+    error = (None if accuracy is None
+             else math.sqrt(accuracy * (1 - accuracy) / max(1, len(held))))
     entries.append(Entry(
         rank=rank, checkpoint=name, spec=by_name[name].spec,
         scores={m.spec: scores[m.spec][name] for m in measure_list},
@@ -1266,7 +1284,8 @@ def select(data, checkpoints=None, measures=None, *, labels=None, logits=None,
                        if name in measure_ranks[m.spec]},
         consensus_rank=consensus[name],
         indistinguishable_from=tuple(n for n in ordered if n in same[name]),
-        finetuned_accuracy=accuracy, finetune_note=note, info=by_name[name].info))
+        finetuned_accuracy=accuracy, finetuned_standard_error=error, finetune_note=note,
+        info=by_name[name].info))
 
   counts = np.bincount(labels_final, minlength=len(resolved.class_names))
   data_summary = {

@@ -26,7 +26,8 @@ size of the built-in ImageNet checkpoints), bilinear and antialiased as `ckpt_ra
 resizes, ignoring the aspect ratio as VTAB does. Checkpoints resize again to their own input size.
 The folder is read twice: once for the image headers only (sizes, and the files that are not
 images at all), then decoded one image at a time, so memory holds the resized arrays and one
-original image.
+original image. Every bad file is found before the error is raised, so one message names them
+all.
 """
 
 import dataclasses
@@ -177,6 +178,7 @@ def read_image(path: str, size: Optional[int] = None) -> tuple[np.ndarray, str]:
 
 
 def _bad_files_error(root: str, bad: list[tuple[str, str]], total: int) -> BadImageError:
+  bad = sorted(bad)
   listed = '; '.join(f'{path}: {reason}' for path, reason in bad[:_LISTED])
   more = f' and {len(bad) - _LISTED} more' if len(bad) > _LISTED else ''
   return BadImageError(
@@ -220,8 +222,6 @@ def load(root: str, *, image_size: Optional[int] = None,
         kept.append((relative, label))
       except BadImageError as e:
         bad.append((relative, str(e)))
-  if bad and not skip_bad_images:
-    raise _bad_files_error(root, bad, total)
   if image_size is None and len(sizes) > 1:
     image_size = DEFAULT_IMAGE_SIZE
   size = None if image_size is None else int(image_size)
@@ -233,6 +233,8 @@ def load(root: str, *, image_size: Optional[int] = None,
     except BadImageError as e:  # Its header read, its data did not (truncated, corrupt).
       bad.append((relative, str(e)))
       continue
+    if bad and not skip_bad_images:
+      continue  # Only looking for more bad files, to name them all at once.
     images.append(array)
     labels.append(label)
     paths.append(relative)
@@ -247,5 +249,5 @@ def load(root: str, *, image_size: Optional[int] = None,
                      f'no images{skipped}; every class needs images.')
   return ImageFolder(images=np.stack(images).astype(np.uint8),
                      labels=np.asarray(labels, np.int32), class_names=tuple(classes),
-                     paths=tuple(paths), skipped=tuple(bad), modes=modes, image_size=size,
+                     paths=tuple(paths), skipped=tuple(sorted(bad)), modes=modes, image_size=size,
                      root=root)

@@ -142,7 +142,9 @@ class ImageFolderTest(absltest.TestCase):
     with self.assertRaises(imagefolder.BadImageError) as raised:
       imagefolder.load(self.root)
     message = str(raised.exception)
+    self.assertIn('2 of 4 files are not readable images', message)  # Both named at once.
     self.assertIn('a/notes.txt', message)
+    self.assertIn('b/truncated.png', message)
     self.assertIn('skip_bad_images', message)
     folder = imagefolder.load(self.root, skip_bad_images=True)
     self.assertEqual(folder.paths, ('a/good.png', 'b/good.png'))
