@@ -1075,7 +1075,7 @@ def _final_scores(measure_list, labels, feats, logits, mseeds, resamples, seed, 
 
 class _Extractor:
   """Features of the candidates on rows of the data: from the precomputed arrays, or extracted
-  through the feature cache (checkpoints loaded once and kept while `keep` says so)."""
+  through the feature cache (each checkpoint loaded once and kept until `release`)."""
 
   def __init__(self, data: _Data, cache, input_size, batch_size, progress, subset):
     self.data, self.cache, self.input_size = data, cache, input_size
@@ -1365,6 +1365,8 @@ def _rounds(candidates, extractor, labels, rows, order_by, order_seeds, *, halvi
         break
       pre_logits, logits = extractor.get(candidate, increment, f'part={round_index}'
                                          if halving else 'all')
+      if not halving:  # Memory holds one network at a time (halving keeps the survivors').
+        extractor.release(candidate.name)
       feats[candidate.name].append(pre_logits)
       logit_parts[candidate.name].append(logits)
       reached.append(candidate)
@@ -1404,6 +1406,8 @@ def _rounds(candidates, extractor, labels, rows, order_by, order_seeds, *, halvi
     # Nothing left to drop: the survivors get every example in the next round.
     size = len(rows) if len(survivors) <= keep else 2 * size
     round_index += 1
+  for candidate in survivors:  # `_confirm` loads again the few it fine-tunes.
+    extractor.release(candidate.name)
   final_feats = {c.name: np.concatenate(feats[c.name]) for c in survivors}
   final_logits = {c.name: None if logit_parts[c.name][0] is None
                   else np.concatenate(logit_parts[c.name]) for c in survivors}
