@@ -6,6 +6,8 @@
   analysis.scores_frame(results)                     # (task, checkpoint, measure) rows + accuracy
   analysis.seeds_frame(results)                      # one row per seed of every score
   analysis.ground_truth_frame(results)               # fine-tuned accuracy and the settings kept
+  analysis.intervals_frame(results)                  # each metric's bootstrap interval
+  list(results.verdicts)                             # which differences are significant
 
 Every frame is built from the `ckpt_rank.Results` proto (`ckpt_rank/protos/results.proto`) that
 `python -m ckpt_rank.main` writes, so it holds exactly what the run recorded. pandas is imported
@@ -145,3 +147,39 @@ def metrics_frame(results: Union[str, results_pb2.Results], *, task: Optional[st
   if not rows:
     return pd.DataFrame(columns=['M', 'skipped_reason']).rename_axis('measure')
   return pd.DataFrame(rows).set_index('measure')
+
+
+def intervals_frame(results: Union[str, results_pb2.Results], *, task: Optional[str] = None,
+                    mode: str = 'both') -> pd.DataFrame:
+  """Each whole-pool metric with its bootstrap interval (`ckpt_rank.verdicts`), long format.
+
+  Args:
+    results: a `Results` or a path for `load`.
+    task: one task; None (default) the average over tasks.
+    mode: which noise the interval covers: 'checkpoints' (which checkpoints are in the pool),
+      'ground_truth' (the fine-tuned accuracies' seeds and test-set error) or 'both'.
+
+  Returns:
+    Rows (measure, metric) with 'value' (the metric on the full table; the noise ceiling's and the
+    random order's rows hold their mean), 'low', 'high', 'undefined_fraction',
+    'prob_above_random', 'permutation_p' and 'tied_checkpoints'. Empty for results judged before
+    intervals existed (call `verdicts.judge` on them first).
+  """
+  if mode not in ('checkpoints', 'ground_truth', 'both'):
+    raise ValueError(f"mode must be 'checkpoints', 'ground_truth' or 'both', got {mode!r}.")
+  results = _as_results(results)
+  rows = []
+  for evaluation in report.evaluations(results, task=task or '', group='').values():
+    for metric, u in evaluation.uncertainty.items():
+      interval = getattr(u, mode)
+      rows.append({'measure': evaluation.measure, 'metric': metric,
+                   'value': evaluation.metrics[metric].mean, 'low': interval.low,
+                   'high': interval.high, 'undefined_fraction': interval.undefined_fraction,
+                   'prob_above_random': interval.prob_above_random,
+                   'permutation_p': u.permutation_p,
+                   'tied_checkpoints': evaluation.tied_checkpoints})
+  columns = ['value', 'low', 'high', 'undefined_fraction', 'prob_above_random',
+             'permutation_p', 'tied_checkpoints']
+  if not rows:
+    return pd.DataFrame(columns=['measure', 'metric'] + columns).set_index(['measure', 'metric'])
+  return pd.DataFrame(rows).set_index(['measure', 'metric'])

@@ -5,10 +5,10 @@ without looking at the target data. Singh, Hess and Vanschoren ("How NOT to benc
 metric", 2024) find that on common benchmarks static heuristics such as model size or ImageNet
 accuracy rank about as well as the sophisticated measures. The benchmark therefore scores:
 
-* ``baseline:num_parameters``: log10 of the checkpoint's parameter count without its source head
+* ``baseline_num_parameters``: log10 of the checkpoint's parameter count without its source head
   (the network that is fine-tuned; the head's size only reflects the number of source classes).
   Bigger networks fine-tune better, other things equal.
-* ``baseline:imagenet_top1``: the published ImageNet-1k top-1 accuracy of the checkpoint's weights
+* ``baseline_imagenet_top1``: the published ImageNet-1k top-1 accuracy of the checkpoint's weights
   where it has one (the four ImageNet built-ins), and 0.001 (chance over 1000 classes) for the
   random-init built-ins; other checkpoints (trained on other sources) have none and are left out
   of this baseline's ranking (its M column says how many it ranks). Not measured here: ImageNet
@@ -27,7 +27,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-PREFIX = 'baseline:'
+PREFIX = 'baseline_'  # Measure specs must parse as Python names (registry.parse_spec).
 NUM_PARAMETERS = PREFIX + 'num_parameters'
 IMAGENET_TOP1 = PREFIX + 'imagenet_top1'
 NAMES = (NUM_PARAMETERS, IMAGENET_TOP1)

@@ -56,6 +56,7 @@ from ckpt_rank import pool as pool_lib
 from ckpt_rank import preflight as preflight_lib
 from ckpt_rank import report as report_lib
 from ckpt_rank import results as results_lib
+from ckpt_rank import verdicts as verdicts_lib
 from ckpt_rank.protos import results_pb2
 
 # Bump when the meaning of a stage file changes; it is part of every stage file's inputs.
@@ -948,6 +949,10 @@ def run(config, workdir: str, *, preflight: Optional[Callable[[Any], None]] = No
             measure.spec, name, task, scores[task][measure.spec][name]))
   results.ground_truth.extend(ground_truth)
   results.rankings.extend(rankings)
+  # Intervals on every metric, the noise ceiling, a random ordering and the verdicts.
+  verdicts_lib.judge(results, ks=tuple(int(k) for k in config.ranking_ks),
+                     num_resamples=int(config.get('uncertainty_resamples', 1000)),
+                     seed=derive_seed(config.seed, 'uncertainty'))
   end_wall = time.time()
   results.run.CopyFrom(results_lib.run_info(
       config, start_time=start_wall, end_time=end_wall,

@@ -30,6 +30,7 @@ import numpy as np
 
 from ckpt_rank import features as features_lib
 from ckpt_rank import results as results_lib
+from ckpt_rank import verdicts as verdicts_lib
 from ckpt_rank.protos import results_pb2
 
 REPORT_NAME = 'report.md'
@@ -57,10 +58,36 @@ def _number(value: float, digits: int = _DIGITS) -> str:
 
 
 def format_statistic(statistic: results_pb2.Statistic) -> str:
-  """'mean ± spread' with 3 decimals; the mean alone when there is no spread to show."""
+  """'mean ± spread' with 3 decimals; the mean alone when there is no spread to show; 'undef.'
+  when the metric is undefined (a correlation of constant scores: see the tie count)."""
+  if math.isnan(statistic.mean):
+    return 'undef.'
   if len(statistic.per_seed) <= 1 and statistic.spread == 0:
     return _number(statistic.mean)
   return f'{_number(statistic.mean)} ± {_number(statistic.spread)}'
+
+
+def format_interval(evaluation: results_pb2.RankingEvaluation, metric: str) -> str:
+  """' [low, high]': the metric's interval resampling both checkpoints and ground truth, or ''."""
+  if metric not in evaluation.uncertainty:
+    return ''
+  both = evaluation.uncertainty[metric].both
+  if math.isnan(both.low) or math.isnan(both.high):
+    return ' [undef.]'
+  return f' [{both.low:.2f}, {both.high:.2f}]'
+
+
+# The pseudo-measures of `ckpt_rank.verdicts`, as the tables name them.
+_DISPLAY = {verdicts_lib.NOISE_CEILING: 'noise ceiling (a perfect measure)',
+            verdicts_lib.RANDOM: 'random order'}
+
+
+def display_name(evaluation: results_pb2.RankingEvaluation) -> str:
+  """A measure's row name: pseudo-measures spelled out, saturated scores with their tie count."""
+  name = _DISPLAY.get(evaluation.measure, evaluation.measure)
+  if evaluation.tied_checkpoints:
+    name += f' ({evaluation.tied_checkpoints} tied)'
+  return name
 
 
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -107,6 +134,7 @@ class _View:
         [g.name for g in results.groups] + [e.group for e in results.rankings if e.group]))
     self.scores = {(s.task, s.measure, s.checkpoint): s for s in results.scores}
     self.accuracy = {(g.task, g.checkpoint): g.accuracy for g in results.ground_truth}
+    self.accuracy_se = {(g.task, g.checkpoint): g.standard_error for g in results.ground_truth}
     self.finetune_seconds = sum(g.wall_seconds for g in results.ground_truth)
     self.ground_truth_sources = list(dict.fromkeys(g.source for g in results.ground_truth))
 
@@ -147,10 +175,14 @@ def _metric_table(view: _View, evaluations: dict[str, results_pb2.RankingEvaluat
       continue
     evaluation = evaluations[measure]
     seconds = view.measure_seconds(measure, task)
-    cells = [format_statistic(evaluation.metrics[m]) if m in evaluation.metrics else '-'
-             for m in metrics]
-    name = measure + (f' (skipped: {evaluation.skipped_reason})' if evaluation.skipped_reason
-                      else '')
+    cells = [format_statistic(evaluation.metrics[m]) + format_interval(evaluation, m)
+             if m in evaluation.metrics else '-' for m in metrics]
+    name = display_name(evaluation) + (f' (skipped: {evaluation.skipped_reason})'
+                                       if evaluation.skipped_reason else '')
+    if measure in _DISPLAY:
+      with_cost_cells = ['', ''] if with_cost else []
+      rows.append([name, str(len(evaluation.checkpoints))] + cells + with_cost_cells)
+      continue
     cost = [f'{seconds:.2f}', _percent(seconds, finetune)] if with_cost else []
     rows.append([name, str(len(evaluation.checkpoints))] + cells + cost)
   if with_cost:
@@ -160,13 +192,17 @@ def _metric_table(view: _View, evaluations: dict[str, results_pb2.RankingEvaluat
 
 
 def _scores_table(view: _View, task: str) -> list[str]:
-  """Checkpoints x (fine-tuned accuracy, each measure's score) on one task."""
-  header = ['checkpoint', 'fine-tuned acc'] + view.measures
+  """Checkpoints x (fine-tuned accuracy ± its standard error where known, each measure's score)
+  on one task."""
+  measures = [m for m in view.measures if m not in _DISPLAY]  # Pseudo-measures have no scores.
+  header = ['checkpoint', 'fine-tuned acc'] + measures
   rows = []
   for checkpoint in view.checkpoints:
     accuracy = view.accuracy.get((task, checkpoint))
-    row = [checkpoint, '-' if accuracy is None else _number(accuracy, 4)]
-    for measure in view.measures:
+    se = view.accuracy_se.get((task, checkpoint), 0.0)
+    row = [checkpoint, '-' if accuracy is None else
+           _number(accuracy, 4) + (f' ± {_number(se, 4)}' if se else '')]
+    for measure in measures:
       score = view.scores.get((task, measure, checkpoint))
       if score is None:
         row.append('-')
@@ -176,7 +212,7 @@ def _scores_table(view: _View, task: str) -> list[str]:
         row.append(f'{_number(score.value, 4)} ± {_number(score.spread, 4)}')
       else:
         row.append(_number(score.value, 4))
-      if score_allowance(score):  # Marks a score another rounding may move (`rounding_notes`).
+      if score is not None and score_allowance(score):  # Another rounding may move it.
         row[-1] += ' †'
     rows.append(row)
   return _markdown_table(header, rows)
@@ -290,6 +326,7 @@ def _markdown(view: _View, plots: dict[str, str]) -> str:
   lines += ['## Ranking metrics averaged over tasks', '']
   if averaged:
     lines += _metric_table(view, averaged, task=None) + ['']
+    lines += verdict_lines(results)
     if METRICS_PLOT in plots:
       lines += [f'![metrics averaged over tasks]({plots[METRICS_PLOT]})', '']
   else:
@@ -331,6 +368,27 @@ def _markdown(view: _View, plots: dict[str, str]) -> str:
   return '\n'.join(lines).rstrip('\n') + '\n'
 
 
+def verdict_lines(results: results_pb2.Results) -> list[str]:
+  """What the intervals mean, then the verdicts (`ckpt_rank.verdicts`), as markdown lines."""
+  if not results.uncertainty_json:
+    return []
+  info = json.loads(results.uncertainty_json)['groups'][0]['summary']
+  seed = info['seed']
+  while isinstance(seed, dict) and 'seed' in seed:
+    seed = seed['seed']
+  lines = [f'[low, high]: {100 * info["confidence"]:g}% bootstrap interval over '
+           f'{info["num_resamples"]} replicates that resample the checkpoints and redraw the '
+           'ground truth from its noise (its seeds and the binomial error of its test accuracy; '
+           f'seed {seed}). The noise ceiling is what a '
+           'perfect measure reaches against that noisy ground truth: no measure can be expected '
+           'to beat it. "k tied": k checkpoints share a score with another (saturation); '
+           '"undef.": a correlation of constant scores.', '']
+  if results.verdicts:
+    lines += ['Significant differences (paired, on the same replicates):', '']
+    lines += [f'- {v}' for v in results.verdicts] + ['']
+  return lines
+
+
 def summary_markdown(results: results_pb2.Results) -> str:
   """The per-measure table averaged over tasks (whole pool, with costs), then one per group.
 
@@ -349,6 +407,7 @@ def summary_markdown(results: results_pb2.Results) -> str:
   if not averaged:
     return '\n'.join(lines + ['*No ranking evaluations.*']) + '\n'
   lines += _metric_table(view, averaged, task=None) + ['']
+  lines += verdict_lines(results)
   for group in view.groups:
     by_group = view.evaluations(task='', group=group)
     if by_group:

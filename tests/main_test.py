@@ -20,6 +20,7 @@ from unittest import mock
 from absl.testing import absltest
 import pytest
 
+from ckpt_rank import baselines
 from ckpt_rank import checkpoints
 from ckpt_rank import config_lib
 from ckpt_rank import experiment
@@ -27,6 +28,7 @@ from ckpt_rank import finetune
 from ckpt_rank import finetune_main
 from ckpt_rank import measures
 from ckpt_rank import results as results_lib
+from ckpt_rank import verdicts
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,8 +75,10 @@ class EndToEndTest(absltest.TestCase):
     self.assertEqual(results, results_lib.read(os.path.join(workdir, 'results.json')))
     names = [c.name for c in results.checkpoints]
     self.assertEqual(names, ['mobilenet_v2', 'dog_mobilenet_v2', 'mobilenet_v2_mnist_step2'])
-    self.assertLen(results.measures, 12)
-    self.assertLen(results.scores, 3 * 12)
+    # The 12 measures, then the two static baselines (judged like measures).
+    self.assertLen(results.measures, 14)
+    self.assertEqual(list(results.measures[12:]), list(baselines.NAMES))
+    self.assertLen(results.scores, 3 * 14)
     with_ground_truth = {g.checkpoint for g in results.ground_truth}
     self.assertContainsSubset({'mobilenet_v2', 'mobilenet_v2_mnist_step2'}, with_ground_truth)
     for g in results.ground_truth:
@@ -82,10 +86,13 @@ class EndToEndTest(absltest.TestCase):
       self.assertEqual(g.source, 'finetune')
     # Every measure ranks every checkpoint it scored that has ground truth, on the task and
     # averaged, for the pool ('') and the group.
+    pseudo = (verdicts.NOISE_CEILING, verdicts.RANDOM)
     for evaluation in results.rankings:
       self.assertIn(evaluation.group, ('', 'mobilenets'))
-      if evaluation.skipped_reason:
+      if evaluation.skipped_reason or evaluation.measure in pseudo:
         continue
+      if not evaluation.group:  # Whole-pool evaluations carry their intervals.
+        self.assertIn('kendall_tau', evaluation.uncertainty, msg=evaluation.measure)
       expected = with_ground_truth if evaluation.group == '' else {'mobilenet_v2',
                                                                    'mobilenet_v2_mnist_step2'}
       scored = {s.checkpoint for s in results.scores
@@ -93,7 +100,9 @@ class EndToEndTest(absltest.TestCase):
       self.assertEqual(set(evaluation.checkpoints), expected & scored, msg=evaluation.measure)
       self.assertIn('kendall_tau', evaluation.metrics)
     averaged = [e for e in results.rankings if not e.task and not e.group]
-    self.assertLen(averaged, 12)
+    self.assertLen(averaged, 14 + 2)  # Measures, baselines, noise ceiling and random order.
+    self.assertEqual({e.measure for e in averaged} & set(pseudo), set(pseudo))
+    self.assertNotEmpty(results.verdicts)
     # Seeds are recorded with the keyed measures' scores.
     nleep = [s for s in results.scores if s.measure.startswith('nleep')]
     self.assertTrue(all(len(s.seeds) == 2 and len(s.per_seed) == 2 for s in nleep))
@@ -104,6 +113,8 @@ class EndToEndTest(absltest.TestCase):
     # The printed table and the report.
     self.assertIn('Ranking metrics averaged over 1 task(s)', process.stdout)
     self.assertIn('| logme |', process.stdout)
+    self.assertIn('noise ceiling (a perfect measure)', process.stdout)
+    self.assertIn('bootstrap interval', process.stdout)
     self.assertTrue(os.path.exists(os.path.join(workdir, 'report.md')))
     work = _work(workdir)
     self.assertEqual(work['scores_computed'], 3 * 12)
