@@ -419,8 +419,17 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None,
       if wanted is not None and (task, name) not in wanted:
         continue
       path = cell_path(workdir, task, name)
-      protocol = _protocol(config, task, spec, snapshots.get(name))
+      # The spec as the table writes it (no path of this machine), so that cells copied into
+      # another workdir are found there.
+      protocol = _protocol(config, task, _portable_spec(spec, workdir), snapshots.get(name))
       cell = _read_json(path)
+      if cell is not None and cell.get('protocol') == protocol and name in snapshots:
+        # A snapshot's weights depend on the CPU that trained it (`pool`): a cell from another
+        # machine's snapshot belongs to other weights.
+        if cell.get('fingerprint') != _load(config, name, spec).fingerprint:
+          logging.warning('%s was fine-tuned from other weights of %s (another machine\'s '
+                          'snapshot); recomputing it.', path, name)
+          cell = None
       if cell is not None and cell.get('protocol') == protocol:
         table[task][name] = _summary(cell)
         continue
