@@ -338,6 +338,24 @@ def _vtab_cell(config, task: str, name: str, checkpoint, protocol: dict[str, Any
   return cell
 
 
+def _same_up_to_extensions(cell: Mapping[str, Any], protocol: Mapping[str, Any]) -> bool:
+  """Whether a VTAB cell made with fewer grid extensions is what `protocol` would compute.
+
+  The grid search is deterministic and extends only while the pick sits at an edge, so a cell
+  whose pick ended inside its grid (`edge` None) never reached its extension cap: any higher cap
+  selects the same rate and retrains the same runs. A cell that stopped at its cap (`edge` set) is
+  recomputed with the higher one.
+  """
+  old = cell.get('protocol') or {}
+  if 'ground_truth' not in old or 'ground_truth' not in protocol or cell.get('status') != 'done':
+    return False
+  old_cap = old['ground_truth'].get('max_extensions', -1)
+  new_cap = protocol['ground_truth'].get('max_extensions', -1)
+  strip = lambda p: {**p, 'ground_truth': {**p['ground_truth'], 'max_extensions': None}}
+  return (old_cap <= new_cap and strip(old) == strip(protocol)
+          and (cell.get('vtab') or {}).get('edge', 'unknown') is None)
+
+
 def _check_same_cells(todo, pool, tasks) -> None:
   """Every process must split the same cells (the collectives of `run` pair them up)."""
   if jax.process_count() == 1:
@@ -430,7 +448,8 @@ def run(config, workdir: str, *, command: Optional[Sequence[str]] = None,
           logging.warning('%s was fine-tuned from other weights of %s (another machine\'s '
                           'snapshot); recomputing it.', path, name)
           cell = None
-      if cell is not None and cell.get('protocol') == protocol:
+      if cell is not None and (cell.get('protocol') == protocol or
+                               _same_up_to_extensions(cell, protocol)):
         table[task][name] = _summary(cell)
         continue
       if cell is not None:

@@ -302,6 +302,21 @@ class VtabRunTest(absltest.TestCase):
     legacy = finetune_main._protocol(_config('runlocal'), 'sklearn_digits', 'mobilenet_v2')
     self.assertNotIn('ground_truth', legacy)
 
+  def test_a_higher_extension_cap_keeps_interior_picks_only(self):
+    protocol = finetune_main._protocol(self.config, 'sklearn_digits', 'mobilenet_v2')
+    higher = json.loads(json.dumps(protocol))
+    higher['ground_truth']['max_extensions'] += 2
+    lower = json.loads(json.dumps(protocol))
+    lower['ground_truth']['max_extensions'] -= 1
+    cell = {'protocol': protocol, 'status': 'done', 'vtab': {'edge': None}}
+    same = finetune_main._same_up_to_extensions
+    self.assertTrue(same(cell, higher))
+    self.assertFalse(same(cell, lower))  # A lower cap may have stopped earlier.
+    self.assertFalse(same({**cell, 'vtab': {'edge': 'high'}}, higher))  # Stopped at its cap.
+    other = json.loads(json.dumps(higher))
+    other['ground_truth']['seeds'] = [0, 1]
+    self.assertFalse(same(cell, other))  # Anything else differing is another protocol.
+
   def test_config_checks(self):
     config = _config('runlocal')
     config.fine_tune.protocol = 'vtab'
