@@ -252,8 +252,10 @@ def rounding_notes(results: results_pb2.Results, task: str) -> list[str]:
     text = (f'{measure} (†): another CPU, thread count or device count may move a score by up '
             f'to its rounding allowance (largest {_number(allowed[largest], 4)}, '
             f'{largest}); ')
+    shown = 5  # The closest pairs first would need the allowances' sum; list the first few.
     text += ('no two checkpoints are that close.' if not pairs else
-             'these may swap places: ' + '; '.join(pairs) + '.')
+             f'{len(pairs)} pair(s) may swap places: ' + '; '.join(pairs[:shown]) +
+             (f'; and {len(pairs) - shown} more' if len(pairs) > shown else '') + '.')
     notes.append(text)
   return notes
 
